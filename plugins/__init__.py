@@ -1,0 +1,1 @@
+"""Destination plugins shipped with the router, registered through entry points like any other."""

@@ -1,0 +1,92 @@
+"""The webhook sender: builds requests and classifies answers; the core does the rest."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import jinja2
+import jinja2.sandbox
+import orjson
+
+from router.destination import (
+    Delivered,
+    Delivery,
+    Destination,
+    DestinationContext,
+    Outcome,
+    Rejected,
+    Retry,
+    RetryBatch,
+    Sender,
+)
+
+from plugins.webhook.config import WebhookConfig
+
+RETRYABLE = frozenset({408, 425, 429})
+_env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+_env.filters["tojson"] = lambda value: orjson.dumps(value).decode()
+
+
+@functools.lru_cache(maxsize=64)
+def compile_body(source: str) -> jinja2.Template:
+    try:
+        return _env.from_string(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"template syntax error on line {exc.lineno}: {exc.message}") from None
+
+
+def retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as an epoch time: seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return now + int(value)
+    try:
+        return parsedate_to_datetime(value).timestamp()
+    except (TypeError, ValueError):
+        return None
+
+
+class WebhookSender(Sender):
+    name = "http"
+
+    def __init__(self, config: WebhookConfig, http: Any) -> None:
+        self.config = config
+        self.http = http
+        self.max_batch = max(1, config.batch_size)
+        self.template = compile_body(config.body) if config.body else None
+        self.headers = {"Content-Type": "application/json", **{k: v.get() for k, v in config.headers.items()}}
+
+    def _body(self, batch: Sequence[Delivery]) -> bytes:
+        if self.template is not None:
+            rendered = [self.template.render(d.event) for d in batch]
+            return (rendered[0] if self.config.batch_size == 1 else "[" + ",".join(rendered) + "]").encode()
+        events = [d.event for d in batch]
+        return orjson.dumps(events[0] if self.config.batch_size == 1 else events)
+
+    async def send(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
+        try:
+            body = self._body(batch)
+        except jinja2.TemplateError as exc:
+            return [Rejected(f"body template: {exc}")] * len(batch)
+        async with self.http.request(self.config.method, self.config.url, data=body, headers=self.headers) as resp:
+            text = (await resp.text(errors="replace"))[:2000]
+            status = resp.status
+            if 200 <= status < 300:
+                return [Delivered()] * len(batch)
+            if status in RETRYABLE or status >= 500:
+                raise RetryBatch(f"HTTP {status}", retry_after(resp.headers.get("Retry-After"), time.time()))
+            return [Rejected(f"HTTP {status}", response=text)] * len(batch)
+
+
+class WebhookDestination(Destination):
+    def __init__(self, config: WebhookConfig, context: DestinationContext) -> None:
+        self.sender = WebhookSender(config, context.http)
+
+    def sender_for(self, event: dict[str, Any]) -> Sender:
+        return self.sender

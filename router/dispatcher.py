@@ -1,0 +1,365 @@
+"""The delivery loop: one Dispatcher per configured destination, owned by the core.
+
+lease a batch -> filter (hook) -> group by sender -> rate limit -> send with a per-attempt timeout
+-> apply each event's outcome: ack, reschedule with capped exponential backoff and full jitter,
+dead-letter, or pause the whole destination.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import orjson
+
+from router.config import DestinationConfig
+from router.destination import (
+    Delivered,
+    Delivery,
+    Destination,
+    Outcome,
+    PauseDestination,
+    Rejected,
+    Retry,
+    RetryBatch,
+    Sender,
+    Skipped,
+)
+from router.filters import TemplateRejected
+from router.metrics import Metrics
+from router.queue import Queue, Record
+
+log = logging.getLogger(__name__)
+
+#: how often an idle dispatcher looks for records added by another process (`router dlq replay`)
+POLL_INTERVAL = 1.0
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        config: DestinationConfig,
+        destination: Destination,
+        queue: Queue,
+        hook: Any,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.destination = destination
+        self.queue = queue
+        self.hook = hook
+        self.metrics = metrics
+        self.clock = clock
+        self.delivery = config.delivery
+        self.state = "starting"
+        self.last_error: str | None = None
+        self.pause_reason: str | None = None
+        self.counts: Counter[str] = Counter()
+        self._work = asyncio.Event()
+        self._stopping = False
+        self._slots = asyncio.Semaphore(self.delivery.concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._limiter = destination.rate_limiter()
+
+    # -- control --------------------------------------------------------------------------
+
+    def notify(self) -> None:
+        """New records may be ready."""
+        self._work.set()
+
+    async def stop(self, grace: float) -> None:
+        """Stop leasing; let in-flight sends finish within ``grace`` seconds, then cancel them.
+
+        A cancelled send's records stay leased in the queue and are delivered again after restart.
+        """
+        self._stopping = True
+        self._work.set()
+        if self._inflight:
+            done, pending = await asyncio.wait(self._inflight, timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        self.state = "stopped"
+
+    async def run(self) -> None:
+        await self._start_destination()
+        while not self._stopping:
+            if self.state == "paused":
+                await self._wait(self.delivery.pause_probe)
+                if self._stopping:
+                    break
+                self.state = "probing"
+            await self._slots.acquire()
+            records: list[Record] = []
+            try:
+                if not self._stopping:
+                    records = await self.queue.lease(
+                        self.name, self._lease_size(), self.delivery.lease_timeout
+                    )
+            finally:
+                if not records:
+                    self._slots.release()
+            if not records:
+                self._set_idle()
+                await self._wait_for_work()
+                continue
+            self._idle.clear()
+            task = asyncio.create_task(self._deliver_and_release(records), name=f"deliver-{self.name}")
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            if self.state == "probing":
+                # one batch at a time until the destination answers again
+                await asyncio.wait({task})
+
+    def _lease_size(self) -> int:
+        return 1 if self.state == "probing" else self.delivery.batch_size
+
+    async def _start_destination(self) -> None:
+        attempt = 0
+        while not self._stopping:
+            try:
+                await self.destination.start()
+                self.state = "running"
+                return
+            except PauseDestination as exc:
+                self._pause(exc.reason)
+                return
+            except Exception as exc:
+                self.last_error = f"start failed: {describe_error(exc)}"
+                log.warning("destination %s: %s; events keep queueing", self.name, self.last_error)
+                await self._wait(self._backoff(attempt))
+                attempt += 1
+
+    async def _wait(self, seconds: float) -> None:
+        """Sleep, but wake early when stopping."""
+        self._work.clear()
+        try:
+            await asyncio.wait_for(self._stopping_or_work(stop_only=True), timeout=seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _stopping_or_work(self, stop_only: bool = False) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            if self._stopping or not stop_only:
+                return
+
+    async def _wait_for_work(self) -> None:
+        timeout = POLL_INTERVAL
+        ready_at = await self.queue.next_ready_at(self.name)
+        if ready_at is not None:
+            timeout = min(timeout, max(0.0, ready_at - self.clock()))
+        if timeout <= 0:
+            return
+        try:
+            await asyncio.wait_for(self._stopping_or_work(), timeout=timeout)
+        except asyncio.TimeoutError:
+            return
+        if self.delivery.linger and not self._stopping and self._depth() < self.delivery.batch_size:
+            await asyncio.sleep(self.delivery.linger)  # let a batch fill up
+
+    def _depth(self) -> int:
+        depth = getattr(self.queue, "depth", None)
+        return depth(self.name) if depth else self.delivery.batch_size
+
+    def _set_idle(self) -> None:
+        if not self._inflight:
+            self._idle.set()
+
+    async def drain(self) -> None:
+        """Wait until nothing is ready or in flight (for tests and `--drain` runs)."""
+        while True:
+            await self._idle.wait()
+            if self._inflight:
+                await asyncio.gather(*list(self._inflight), return_exceptions=True)
+                self._idle.clear()
+                self.notify()
+                continue
+            return
+
+    # -- one batch ------------------------------------------------------------------------
+
+    async def _deliver_and_release(self, records: list[Record]) -> None:
+        try:
+            await self._deliver(records)
+        except Exception:
+            log.exception("destination %s: delivery loop error; the batch will be retried", self.name)
+            await self.queue.release([r.id for r in records])
+        finally:
+            self._slots.release()
+            self.notify()
+
+    async def _deliver(self, records: list[Record]) -> None:
+        outcomes: dict[int, Outcome] = {}
+        by_sender: dict[int, tuple[Sender, list[Delivery]]] = {}
+        for record in records:
+            try:
+                event = orjson.loads(record.payload)
+                reason = self.hook.router_filter_event(destination=self.config, event=event)
+            except TemplateRejected as exc:
+                outcomes[record.id] = Rejected(str(exc))
+                continue
+            except orjson.JSONDecodeError:
+                outcomes[record.id] = Rejected("stored payload is not valid JSON")
+                continue
+            if reason:
+                outcomes[record.id] = Skipped(reason)
+                continue
+            sender = self.destination.sender_for(event)
+            by_sender.setdefault(id(sender), (sender, []))[1].append(
+                Delivery(record_id=record.id, event=event, attempts=record.attempts, received_at=record.received_at)
+            )
+
+        paused = False
+        for sender, deliveries in by_sender.values():
+            size = max(1, min(sender.max_batch, self.delivery.batch_size))
+            for start in range(0, len(deliveries), size):
+                chunk = deliveries[start : start + size]
+                if paused or self._stopping and self.state == "paused":
+                    outcomes.update((d.record_id, _PAUSED) for d in chunk)
+                    continue
+                for delivery, outcome in zip(chunk, await self._send(sender, chunk), strict=True):
+                    outcomes[delivery.record_id] = outcome
+                paused = self.state == "paused"
+
+        await self._apply(records, outcomes)
+
+    async def _send(self, sender: Sender, chunk: Sequence[Delivery]) -> Sequence[Outcome]:
+        if self._limiter is not None:
+            await self._limiter.acquire()
+        try:
+            result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
+        except PauseDestination as exc:
+            self._pause(exc.reason)
+            return [_PAUSED] * len(chunk)
+        except RetryBatch as exc:
+            return [Retry(exc.reason, exc.not_before)] * len(chunk)
+        except asyncio.TimeoutError:
+            return [Retry(f"no answer within {self.delivery.timeout:g}s")] * len(chunk)
+        except Exception as exc:
+            return [Retry(describe_error(exc))] * len(chunk)
+        if len(result) != len(chunk):
+            log.error(
+                "destination %s: sender %s returned %d outcomes for %d events; retrying the batch",
+                self.name, sender.name, len(result), len(chunk),
+            )
+            return [Retry("plugin returned a wrong number of outcomes")] * len(chunk)
+        if self.state in ("probing", "paused") and any(isinstance(o, Delivered) for o in result):
+            self._resume()
+        elif self.state == "probing":
+            self.state = "running"
+        return result
+
+    async def _apply(self, records: list[Record], outcomes: dict[int, Outcome]) -> None:
+        now = self.clock()
+        ack: list[int] = []
+        release: list[int] = []
+        reschedule: list[tuple[int, float, str]] = []
+        dead: list[tuple[int, str, str | None]] = []
+        for record in records:
+            outcome = outcomes.get(record.id, _PAUSED)
+            if outcome is _PAUSED:
+                release.append(record.id)
+            elif isinstance(outcome, Delivered):
+                ack.append(record.id)
+                self.counts["delivered"] += 1
+                self.metrics.delivered.labels(self.name).inc()
+                self.metrics.latency.labels(self.name).observe(max(0.0, now - record.received_at))
+            elif isinstance(outcome, Skipped):
+                ack.append(record.id)
+                self.counts["skipped"] += 1
+                self.metrics.skipped.labels(self.name, outcome.reason).inc()
+            elif isinstance(outcome, Rejected):
+                dead.append((record.id, outcome.reason, outcome.response))
+                self._count_failed("rejected", outcome.reason)
+            elif isinstance(outcome, Retry):
+                self.last_error = outcome.reason
+                if now - record.received_at >= self.delivery.max_retry_age:
+                    reason = f"gave up after {record.attempts + 1} attempts: {outcome.reason}"
+                    dead.append((record.id, reason, None))
+                    self._count_failed("retries_exhausted", reason)
+                    continue
+                not_before = now + self._backoff(record.attempts)
+                if outcome.not_before is not None:
+                    not_before = max(not_before, outcome.not_before)
+                reschedule.append((record.id, not_before, outcome.reason))
+                self.counts["retried"] += 1
+                self.metrics.retried.labels(self.name).inc()
+        await self.queue.ack(ack)
+        await self.queue.release(release)
+        await self.queue.reschedule(reschedule)
+        await self.queue.dead_letter(dead)
+
+    def _count_failed(self, kind: str, reason: str) -> None:
+        self.counts["failed"] += 1
+        self.last_error = reason
+        self.metrics.failed.labels(self.name, kind).inc()
+        log.warning("destination %s: event dead-lettered: %s", self.name, reason)
+
+    def _backoff(self, attempts: int) -> float:
+        """Capped exponential backoff with full jitter."""
+        cap = min(self.delivery.max_backoff, self.delivery.initial_backoff * (2 ** min(attempts, 30)))
+        return random.uniform(0, cap)
+
+    def _pause(self, reason: str) -> None:
+        if self.state != "paused":
+            log.error(
+                "destination %s PAUSED: %s. Every event is kept; fix the credential and restart, "
+                "or wait for the next probe in %gs.", self.name, reason, self.delivery.pause_probe,
+            )
+        self.state = "paused"
+        self.pause_reason = reason
+        self.last_error = reason
+        self.metrics.paused.labels(self.name).set(1)
+
+    def _resume(self) -> None:
+        log.warning("destination %s resumed", self.name)
+        self.state = "running"
+        self.pause_reason = None
+        self.metrics.paused.labels(self.name).set(0)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "type": self.config.type,
+            "state": self.state,
+            "paused_reason": self.pause_reason,
+            "delivered": self.counts["delivered"],
+            "skipped": self.counts["skipped"],
+            "failed": self.counts["failed"],
+            "retried": self.counts["retried"],
+            "last_error": self.last_error,
+            **dict(self.destination.status()),
+        }
+
+
+class _PausedMarker:
+    """Not an outcome a plugin returns: the record goes back untouched while the destination is paused."""
+
+
+_PAUSED: Any = _PausedMarker()
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a send failure that cannot carry a secret (no URLs, no headers)."""
+    import aiohttp
+
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by the server"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"connection error ({type(exc).__name__})"
+    return type(exc).__name__

@@ -1,0 +1,396 @@
+"""The embedded durable queue: one SQLite file in WAL mode, written by one thread, group commit.
+
+Every database call runs on one dedicated thread, so the event loop never blocks on disk. Appends
+from concurrent requests are gathered by a writer task and committed in one transaction
+(``synchronous=FULL``: a committed append survives SIGKILL and power loss), then every caller is
+answered. Leases are a ``leased_until`` time on the record; opening the file releases every lease,
+so records in flight when a previous process died are delivered again (at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from router.queue import DeadLetter, DepthStats, NewEvent, Queue, QueueFull, Record
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS records (
+    id           INTEGER PRIMARY KEY,
+    destination  TEXT    NOT NULL,
+    payload      BLOB    NOT NULL,
+    received_at  REAL    NOT NULL,
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    not_before   REAL    NOT NULL,
+    leased_until REAL    NOT NULL DEFAULT 0,
+    last_error   TEXT
+);
+CREATE INDEX IF NOT EXISTS records_ready ON records (destination, not_before, id);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id            INTEGER PRIMARY KEY,
+    destination   TEXT    NOT NULL,
+    payload       BLOB    NOT NULL,
+    received_at   REAL    NOT NULL,
+    attempts      INTEGER NOT NULL,
+    reason        TEXT    NOT NULL,
+    last_response TEXT,
+    dead_at       REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS dead_letters_destination ON dead_letters (destination, id);
+CREATE TABLE IF NOT EXISTS seen_ids (
+    event_id TEXT PRIMARY KEY,
+    seen_at  REAL NOT NULL
+) WITHOUT ROWID;
+"""
+
+#: the most events one group commit takes; the rest wait for the next one
+MAX_GROUP = 5000
+
+
+class SQLiteQueue(Queue):
+    def __init__(
+        self,
+        path: str,
+        *,
+        dedup_window: float = 3600.0,
+        group_commit_window: float = 0.0,
+        max_depth: int = 0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.path = path
+        self.dedup_window = dedup_window
+        self.group_commit_window = group_commit_window
+        self.max_depth = max_depth
+        self.clock = clock
+        self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
+        self._db: sqlite3.Connection | None = None
+        self._pending: list[tuple[Sequence[NewEvent], asyncio.Future[int]]] = []
+        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._depth: dict[str, int] = {}
+        self._last_purge = 0.0
+        self._closing = False
+        #: called with the destinations that received new records after each commit
+        self.on_append: Callable[[set[str]], None] | None = None
+        #: group sizes, for tests and metrics: how many append() calls shared each commit
+        self.last_group_size = 0
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _conn(self) -> sqlite3.Connection:
+        assert self._db is not None, "queue is not open"
+        return self._db
+
+    def _open_sync(self) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        db.executescript(SCHEMA)
+        released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount
+        if released:
+            log.info("released %d records leased by a previous process; they will be delivered again", released)
+        self._depth = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination").fetchall())
+        self._db = db
+
+    async def open(self) -> None:
+        await self._run(self._open_sync)
+        self._closing = False
+        self._writer = asyncio.create_task(self._write_loop(), name="sqlite-queue-writer")
+
+    async def close(self) -> None:
+        self._closing = True
+        self._wakeup.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        if self._db is not None:
+            await self._run(self._db.close)
+            self._db = None
+        self._executor.shutdown(wait=True)
+
+    # -- append: group commit -------------------------------------------------------------
+
+    async def append(self, events: Sequence[NewEvent]) -> int:
+        if self._closing or self._writer is None:
+            raise QueueFull("the queue is shutting down")
+        if self.max_depth and sum(self._depth.values()) >= self.max_depth:
+            raise QueueFull(f"the queue holds {self.max_depth} undelivered records (storage.max_depth)")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._pending.append((events, future))
+        self._wakeup.set()
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            if self.group_commit_window and not self._closing:
+                await asyncio.sleep(self.group_commit_window)  # wait a moment for company
+            self._wakeup.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            group, count = [], 0
+            while self._pending and count < MAX_GROUP:
+                item = self._pending.pop(0)
+                group.append(item)
+                count += len(item[0])
+            if self._pending:
+                self._wakeup.set()
+            try:
+                results = await self._run(self._commit_group, [events for events, _ in group])
+            except Exception as exc:
+                error = QueueFull(_describe(exc))
+                log.error("queue commit failed: %s", error)
+                for _, future in group:
+                    if not future.done():
+                        future.set_exception(error)
+                continue
+            self.last_group_size = len(group)
+            touched: set[str] = set()
+            for (events, future), duplicates in zip(group, results, strict=True):
+                for event in events:
+                    touched.update(event.destinations)
+                if not future.done():
+                    future.set_result(duplicates)
+            if touched and self.on_append is not None:
+                self.on_append(touched)
+
+    def _commit_group(self, groups: list[Sequence[NewEvent]]) -> list[int]:
+        db = self._conn()
+        now = self.clock()
+        horizon = now - self.dedup_window
+        results: list[int] = []
+        added: dict[str, int] = {}
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = []
+            for events in groups:
+                duplicates = 0
+                for event in events:
+                    if event.dedup_id:
+                        seen = db.execute(
+                            "SELECT seen_at FROM seen_ids WHERE event_id = ?", (event.dedup_id,)
+                        ).fetchone()
+                        if seen is not None and seen[0] >= horizon:
+                            duplicates += 1
+                            continue
+                        db.execute(
+                            "INSERT OR REPLACE INTO seen_ids (event_id, seen_at) VALUES (?, ?)",
+                            (event.dedup_id, now),
+                        )
+                    for destination in event.destinations:
+                        rows.append((destination, event.payload, now, now))
+                        added[destination] = added.get(destination, 0) + 1
+                results.append(duplicates)
+            db.executemany(
+                "INSERT INTO records (destination, payload, received_at, not_before) VALUES (?, ?, ?, ?)", rows
+            )
+            if now - self._last_purge > 60:
+                db.execute("DELETE FROM seen_ids WHERE seen_at < ?", (horizon,))
+                self._last_purge = now
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        for destination, n in added.items():
+            self._depth[destination] = self._depth.get(destination, 0) + n
+        return results
+
+    # -- delivery side --------------------------------------------------------------------
+
+    async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Record]:
+        return await self._run(self._lease_sync, destination, limit, lease_seconds)
+
+    def _lease_sync(self, destination: str, limit: int, lease_seconds: float) -> list[Record]:
+        db = self._conn()
+        now = self.clock()
+        rows = db.execute(
+            "SELECT id, payload, received_at, attempts FROM records"
+            " WHERE destination = ? AND not_before <= ? AND leased_until <= ?"
+            " ORDER BY not_before, id LIMIT ?",
+            (destination, now, now, limit),
+        ).fetchall()
+        if not rows:
+            return []
+        db.executemany(
+            "UPDATE records SET leased_until = ? WHERE id = ?", [(now + lease_seconds, row[0]) for row in rows]
+        )
+        return [Record(id=r[0], destination=destination, payload=r[1], received_at=r[2], attempts=r[3]) for r in rows]
+
+    async def ack(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._run(self._ack_sync, list(ids))
+
+    def _ack_sync(self, ids: list[int]) -> None:
+        db = self._conn()
+        with _transaction(db):
+            self._forget(db, ids)
+            db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
+
+    def _forget(self, db: sqlite3.Connection, ids: list[int]) -> None:
+        """Keep the in-memory depth counts in step with records about to leave the table."""
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            for destination, n in db.execute(
+                f"SELECT destination, COUNT(*) FROM records WHERE id IN ({marks}) GROUP BY destination", chunk
+            ):
+                self._depth[destination] = self._depth.get(destination, 0) - n
+
+    async def release(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self._run(self._release_sync, list(ids))
+
+    def _release_sync(self, ids: list[int]) -> None:
+        db = self._conn()
+        with _transaction(db):
+            db.executemany("UPDATE records SET leased_until = 0 WHERE id = ?", [(i,) for i in ids])
+
+    async def reschedule(self, items: Sequence[tuple[int, float, str]]) -> None:
+        if items:
+            await self._run(self._reschedule_sync, list(items))
+
+    def _reschedule_sync(self, items: list[tuple[int, float, str]]) -> None:
+        db = self._conn()
+        with _transaction(db):
+            db.executemany(
+                "UPDATE records SET not_before = ?, leased_until = 0, attempts = attempts + 1, last_error = ?"
+                " WHERE id = ?",
+                [(not_before, error, record_id) for record_id, not_before, error in items],
+            )
+
+    async def dead_letter(self, items: Sequence[tuple[int, str, str | None]]) -> None:
+        if items:
+            await self._run(self._dead_letter_sync, list(items))
+
+    def _dead_letter_sync(self, items: list[tuple[int, str, str | None]]) -> None:
+        db = self._conn()
+        now = self.clock()
+        with _transaction(db):
+            self._forget(db, [i for i, _, _ in items])
+            for record_id, reason, response in items:
+                db.execute(
+                    "INSERT INTO dead_letters (destination, payload, received_at, attempts, reason, last_response,"
+                    " dead_at) SELECT destination, payload, received_at, attempts + 1, ?, ?, ? FROM records"
+                    " WHERE id = ?",
+                    (reason, response, now, record_id),
+                )
+                db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+
+    async def next_ready_at(self, destination: str) -> float | None:
+        return await self._run(self._next_ready_sync, destination)
+
+    def _next_ready_sync(self, destination: str) -> float | None:
+        row = self._conn().execute(
+            "SELECT MIN(MAX(not_before, leased_until)) FROM records WHERE destination = ?", (destination,)
+        ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def depth(self, destination: str) -> int:
+        """Undelivered records of a destination (in memory, no disk access)."""
+        return self._depth.get(destination, 0)
+
+    async def stats(self) -> dict[str, DepthStats]:
+        return await self._run(self._stats_sync)
+
+    def _stats_sync(self) -> dict[str, DepthStats]:
+        db = self._conn()
+        live = {d: (n, oldest) for d, n, oldest in db.execute(
+            "SELECT destination, COUNT(*), MIN(received_at) FROM records GROUP BY destination"
+        )}
+        dead = dict(db.execute("SELECT destination, COUNT(*) FROM dead_letters GROUP BY destination"))
+        return {
+            name: DepthStats(
+                depth=live.get(name, (0, None))[0],
+                oldest_received_at=live.get(name, (0, None))[1],
+                dead_letters=dead.get(name, 0),
+            )
+            for name in set(live) | set(dead)
+        }
+
+    # -- dead letters ---------------------------------------------------------------------
+
+    async def dead_letters(self, destination: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:
+        return await self._run(self._dead_letters_sync, destination, limit, offset)
+
+    def _dead_letters_sync(self, destination: str, limit: int, offset: int) -> list[DeadLetter]:
+        rows = self._conn().execute(
+            "SELECT id, destination, payload, received_at, attempts, reason, last_response, dead_at"
+            " FROM dead_letters WHERE destination = ? ORDER BY id LIMIT ? OFFSET ?",
+            (destination, limit, offset),
+        )
+        return [DeadLetter(*row) for row in rows]
+
+    async def replay(self, destination: str, limit: int) -> int:
+        return await self._run(self._replay_sync, destination, limit)
+
+    def _replay_sync(self, destination: str, limit: int) -> int:
+        db = self._conn()
+        now = self.clock()
+        with _transaction(db):
+            ids = [
+                row[0]
+                for row in db.execute(
+                    "SELECT id FROM dead_letters WHERE destination = ? ORDER BY id LIMIT ?", (destination, limit)
+                )
+            ]
+            if not ids:
+                return 0
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                # received_at restarts so the replayed event gets a fresh max_retry_age
+                db.execute(
+                    "INSERT INTO records (destination, payload, received_at, not_before)"
+                    f" SELECT destination, payload, ?, ? FROM dead_letters WHERE id IN ({marks}) ORDER BY id",
+                    (now, now, *chunk),
+                )
+                db.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk)
+        self._depth[destination] = self._depth.get(destination, 0) + len(ids)
+        if self.on_append is not None:
+            self.on_append({destination})
+        return len(ids)
+
+    async def purge(self, destination: str) -> int:
+        return await self._run(self._purge_sync, destination)
+
+    def _purge_sync(self, destination: str) -> int:
+        db = self._conn()
+        with _transaction(db):
+            return db.execute("DELETE FROM dead_letters WHERE destination = ?", (destination,)).rowcount
+
+
+class _transaction:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __enter__(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: Any, *_: Any) -> None:
+        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        return "storage is full"
+    return f"storage failed: {exc}"
