@@ -178,15 +178,14 @@ class Dispatcher:
             self._idle.set()
 
     async def drain(self) -> None:
-        """Wait until nothing is ready or in flight (for tests and `--drain` runs)."""
+        """Wait until a lease made after this call found nothing ready and nothing is in flight
+        (for tests and benchmarks: an event to wait on instead of a sleep)."""
         while True:
+            self._idle.clear()
+            self.notify()
             await self._idle.wait()
-            if self._inflight:
-                await asyncio.gather(*list(self._inflight), return_exceptions=True)
-                self._idle.clear()
-                self.notify()
-                continue
-            return
+            if not self._inflight:
+                return
 
     # -- one batch ------------------------------------------------------------------------
 

@@ -1,0 +1,137 @@
+"""Delivery: routing, filters, retries, dead letters and replay, against real receiving servers."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import textwrap
+
+from tests.conftest import ROUTER_BIN, webhook_config
+
+TRACK = {"event_type": "page_view", "user": {"email": "jane@example.com"}}
+
+
+def two_keys_config(tmp_path, url1: str, url2: str) -> str:
+    return textwrap.dedent(
+        f"""
+        server: {{listen: "127.0.0.1:0"}}
+        storage: {{path: "{tmp_path}/data"}}
+        api_keys:
+          - {{id: web, client_secret: js.web, server_secret: s2s.web}}
+          - {{id: app, client_secret: js.app}}
+        destinations:
+          web_only:
+            type: webhook
+            only_tokens: [web]
+            config: {{url: "{url1}"}}
+            delivery: {{linger: 0}}
+          everything:
+            type: webhook
+            config: {{url: "{url2}"}}
+            delivery: {{linger: 0}}
+        """
+    )
+
+
+async def test_only_tokens_routes_each_key_to_its_destinations(start_router, receiver, receiver2, tmp_path):
+    router = await start_router(two_keys_config(tmp_path, receiver.url, receiver2.url))
+    assert (await router.post("/api/v1/event?token=js.web", {**TRACK, "event_id": "from-web"}))[0] == 200
+    assert (await router.post("/api/v1/event?token=js.app", {**TRACK, "event_id": "from-app"}))[0] == 200
+    await receiver2.wait_for(2)
+    await router.drain()
+    assert receiver.ids() == ["from-web"]
+    assert sorted(receiver2.ids()) == ["from-app", "from-web"]
+
+
+async def test_template_skips_are_counted_not_failed(start_router, receiver, tmp_path):
+    extra = """
+      data_layout:
+        table_name_template: "{% if event_type == 'page_view' %}pages{% endif %}"
+    """
+    config = webhook_config(tmp_path, receiver.url).rstrip("\n") + textwrap.indent(textwrap.dedent(extra), "    ")
+    router = await start_router(config)
+    events = [{**TRACK, "event_id": "kept"}, {"event_type": "click", "event_id": "dropped"}]
+    assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
+    await receiver.wait_for(1)
+    await router.drain()
+    assert receiver.ids() == ["kept"]
+    assert await router.metric("router_events_skipped_total", destination="hook", reason="table_name_template") == 1
+    assert await router.metric("router_events_failed_total", destination="hook", reason="rejected") == 0
+    assert await router.metric("router_events_delivered_total", destination="hook") == 1
+
+
+async def test_a_failing_receiver_gets_every_event_after_recovery(start_router, receiver, tmp_path):
+    receiver.fail_first = 3
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    for i in range(5):
+        assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": f"r{i}"}))[0] == 200
+    await receiver.wait_for(5)
+    await router.drain()
+    assert sorted(receiver.ids()) == [f"r{i}" for i in range(5)]
+    assert await router.metric("router_events_retried_total", destination="hook") >= 3
+
+
+async def test_retry_after_is_honoured(start_router, receiver, tmp_path):
+    receiver.fail_first, receiver.fail_status, receiver.retry_after = 1, 429, "1"
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert (await router.post("/api/v1/event?token=js.secret.1", TRACK))[0] == 200
+    await receiver.wait_for(1)
+    # the fast backoff of the test config would have retried within 50 ms; Retry-After said 1 s
+    assert loop.time() - started >= 0.9
+
+
+async def test_rejected_events_go_to_dead_letters_and_replay_delivers_them(start_router, receiver, tmp_path):
+    receiver.always_status = 422
+    config_text = webhook_config(tmp_path, receiver.url)
+    config_path = tmp_path / "router.yaml"
+    config_path.write_text(config_text)
+    router = await start_router(config_text)
+    for i in range(3):
+        assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": f"d{i}"}))[0] == 200
+    await router.drain()
+    letters = await router.router.queue.dead_letters("hook")
+    assert len(letters) == 3
+    assert letters[0].reason == "HTTP 422"
+    assert "refused by test receiver" in (letters[0].last_response or "")
+    assert await router.metric("router_events_failed_total", destination="hook", reason="rejected") == 3
+
+    listing = subprocess.run([ROUTER_BIN, "dlq", "list", "hook", "-c", str(config_path)],
+                             capture_output=True, text=True, timeout=30)
+    assert listing.returncode == 0, listing.stderr
+    assert "HTTP 422" in listing.stdout and "3 dead letters for hook" in listing.stdout
+
+    receiver.always_status = None  # the receiver is fixed
+    replay = await asyncio.create_subprocess_exec(
+        ROUTER_BIN, "dlq", "replay", "hook", "-c", str(config_path), "--wait", "20",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await asyncio.wait_for(replay.communicate(), 30)
+    assert replay.returncode == 0, out
+    assert b"replayed 3/3" in out
+    await receiver.wait_for(3)
+    assert sorted(receiver.ids()) == ["d0", "d1", "d2"]
+    assert b"0 undelivered" in out
+    assert await router.router.queue.dead_letters("hook") == []
+
+
+async def test_status_endpoint_needs_the_admin_token_and_hides_secrets(start_router, receiver, tmp_path):
+    config = webhook_config(tmp_path, receiver.url)
+    config = config.replace("url: " + receiver.url, f"url: {receiver.url}\n      headers: {{Authorization: 'Bearer hook-secret-9'}}")
+    router = await start_router(config)
+    assert (await router.post("/api/v1/event?token=js.secret.1", TRACK))[0] == 200
+    await receiver.wait_for(1)
+    await router.drain()
+    assert receiver.requests[0]["headers"]["Authorization"] == "Bearer hook-secret-9"
+    status, _ = await router.get("/api/v1/destinations")
+    assert status == 401
+    status, body = await router.get("/api/v1/destinations", headers={"Authorization": "Bearer admin-secret-1"})
+    assert status == 200
+    hook = body["destinations"]["hook"]
+    assert hook["state"] == "running" and hook["delivered"] == 1 and hook["depth"] == 0
+    _, metrics = await router.get("/metrics")
+    for secret in ("hook-secret-9", "admin-secret-1", "js.secret.1", "s2s.secret.1"):
+        assert secret not in str(body)
+        assert secret not in metrics
