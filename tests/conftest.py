@@ -61,6 +61,15 @@ class Receiver:
         await asyncio.wait_for(enough(), timeout)
         return self.events
 
+    async def wait_for_ids(self, wanted: set[str], timeout: float = 30) -> None:
+        """Until every wanted event id has arrived (duplicates allowed: delivery is at-least-once)."""
+
+        async def all_there() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: wanted <= set(self.ids()))
+
+        await asyncio.wait_for(all_there(), timeout)
+
     def ids(self) -> list[str]:
         return [e["eventn_ctx_event_id"] for e in self.events]
 
