@@ -74,21 +74,46 @@ class Duration(float):
         return cls(float(match.group(1)) * cls._UNITS[match.group(2) or "s"])
 
 
-def _positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:  # type: ignore[type-arg]
-    if value is not None and value <= 0:
-        raise ValueError(f"must be greater than 0, got {value}")
+class PositiveInt(int):
+    """A whole number greater than 0."""
+
+    @classmethod
+    def parse(cls, value: Any) -> PositiveInt:
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise ValueError(f"expected a whole number greater than 0, got {value!r}")
+        if int(value) <= 0:
+            raise ValueError(f"must be greater than 0, got {value}")
+        return cls(int(value))
 
 
-def _listen(instance: Any, attribute: attrs.Attribute, value: str) -> None:  # type: ignore[type-arg]
-    host, _, port = value.rpartition(":")
-    if not host or not port.isdigit() or not 0 <= int(port) < 65536:
-        raise ValueError(f"expected HOST:PORT, got {value!r}")
+class HostPort(str):
+    """``HOST:PORT``; port 0 picks a free port."""
+
+    @classmethod
+    def parse(cls, value: Any) -> HostPort:
+        host, _, port = str(value).rpartition(":")
+        if not isinstance(value, str) or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return cls(value)
+
+
+class HttpUrl(str):
+    """An absolute ``http://`` or ``https://`` URL."""
+
+    @classmethod
+    def parse(cls, value: Any) -> HttpUrl:
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(str(value)) if isinstance(value, str) else None
+        if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return cls(value)
 
 
 @attrs.define
 class ServerConfig:
-    listen: str = attrs.field(default="127.0.0.1:8001", validator=_listen)
-    max_body_bytes: int = attrs.field(default=1_000_000, validator=_positive)
+    listen: HostPort = HostPort("127.0.0.1:8001")
+    max_body_bytes: PositiveInt = PositiveInt(1_000_000)
     #: bearer token for the admin endpoints (/api/v1/destinations); empty = admin endpoints off
     admin_token: Secret | None = None
     #: addresses of reverse proxies whose X-Forwarded-For / X-Real-IP headers are believed
@@ -128,11 +153,11 @@ class DeliveryConfig:
     """How the core delivers to one destination; every destination may tune it."""
 
     #: the most events leased and sent together (a sender may cap it lower)
-    batch_size: int = attrs.field(default=100, validator=_positive)
+    batch_size: PositiveInt = PositiveInt(100)
     #: how long to wait for a batch to fill before sending what there is
     linger: Duration = Duration(0.05)
     #: batches in flight at once
-    concurrency: int = attrs.field(default=2, validator=_positive)
+    concurrency: PositiveInt = PositiveInt(2)
     #: per attempt
     timeout: Duration = Duration(30)
     initial_backoff: Duration = Duration(1)
@@ -205,7 +230,9 @@ def make_converter() -> cattrs.Converter:
         return int(value)
 
     conv.register_structure_hook(Secret, structure_secret)
-    conv.register_structure_hook(Duration, lambda v, _: Duration.parse(v))
+    # these types validate themselves: a ValueError from ``parse`` becomes "path: message"
+    for parsed in (Duration, PositiveInt, HostPort, HttpUrl):
+        conv.register_structure_hook(parsed, lambda value, t: t.parse(value))
     conv.register_structure_hook(str, structure_str)
     conv.register_structure_hook(int, structure_int)
     conv.register_unstructure_hook(Secret, lambda s: "***")
@@ -239,6 +266,8 @@ def substitute_env(node: Any, env: Mapping[str, str], path: str, problems: list[
 
 
 def _join(path: str, key: str) -> str:
+    if not key:
+        return path
     return f"{path}.{key}" if path else key
 
 
@@ -331,7 +360,7 @@ def parse_config(
     destinations: dict[str, DestinationConfig] = {}
     raw_dests = raw.get("destinations") or {}
     if isinstance(raw_dests, dict):
-        key_ids = _known_tokens(top)
+        key_ids = _known_tokens(raw.get("api_keys"))
         for name, body in raw_dests.items():
             dest = _load_destination(str(name), body, plugins, key_ids, problems)
             if dest is not None:
@@ -339,6 +368,9 @@ def parse_config(
     if top is not None:
         problems.extend(_check_api_keys(top.api_keys))
     if problems:
+        # a value left empty by a missing variable would only repeat that problem
+        unset = {p.partition(": environment variable")[0] for p in problems if ": environment variable " in p}
+        problems = [p for p in problems if ": environment variable " in p or p.partition(":")[0] not in unset]
         raise ConfigError([f"{source}: {p}" for p in problems])
     assert top is not None
     return RouterConfig(
@@ -346,16 +378,17 @@ def parse_config(
     )
 
 
-def _known_tokens(top: _TopLevel | None) -> set[str] | None:
-    if top is None:
-        return None
-    known: set[str] = set()
-    for key in top.api_keys:
-        known.add(key.id)
-        for secret in (key.client_secret, key.server_secret):
-            if secret:
-                known.add(secret.get())
-    return known
+def _known_tokens(raw_keys: Any) -> set[str] | None:
+    """Ids and secrets of the api keys as written (so a broken key elsewhere hides nothing here)."""
+    if not isinstance(raw_keys, list):
+        return None if raw_keys else set()
+    return {
+        str(key[field])
+        for key in raw_keys
+        if isinstance(key, dict)
+        for field in ("id", "client_secret", "server_secret")
+        if key.get(field) is not None
+    }
 
 
 def _check_api_keys(keys: list[ApiKey]) -> list[str]:
@@ -408,7 +441,7 @@ def _load_destination(
     except Exception as exc:
         problems.extend(_problems_from(exc, f"{path}.{block_key}"))
         typed, ok = None, False
-    if not ok or common is None:
+    if common is None:
         return None
 
     mode = common.mode or dtype.modes[0]
@@ -427,6 +460,8 @@ def _load_destination(
             compile_template(template)
         except Exception as exc:
             problems.append(f"{path}.data_layout.table_name_template: {exc}")
+    if not ok:
+        return None
     return DestinationConfig(
         name=name,
         type=dtype_name,

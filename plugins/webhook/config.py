@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 import attrs
 
-from router.config import Secret
-
-
-def _http_url(instance: object, attribute: attrs.Attribute, value: str) -> None:  # type: ignore[type-arg]
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+from router.config import HttpUrl, PositiveInt, Secret
 
 
 def _method(instance: object, attribute: attrs.Attribute, value: str) -> None:  # type: ignore[type-arg]
@@ -29,11 +21,11 @@ def _body_template(instance: object, attribute: attrs.Attribute, value: str | No
 
 @attrs.define
 class WebhookConfig:
-    url: str = attrs.field(validator=_http_url)
+    url: HttpUrl
     method: str = attrs.field(default="POST", validator=_method)
     #: header values are secrets: they may carry credentials (use ${VAR})
     headers: dict[str, Secret] = attrs.Factory(dict)
     #: Jinja2 template of the request body, rendered per event; default: the event as JSON
     body: str | None = attrs.field(default=None, validator=_body_template)
     #: 1 = one event per request; more = a JSON array of up to this many events per request
-    batch_size: int = 1
+    batch_size: PositiveInt = PositiveInt(1)
