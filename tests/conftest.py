@@ -24,6 +24,16 @@ from router.registry import PluginManager
 ROUTER_BIN = os.path.join(os.path.dirname(sys.executable), "router")
 
 
+async def poll_until(check: Callable[[], Any], timeout: float = 20, interval: float = 0.05) -> None:
+    """For state in another process, where no event can be awaited: ask until yes, bounded."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{check.__name__} still false after {timeout}s")
+        await asyncio.sleep(interval)
+
+
 class Receiver:
     """A webhook receiver on a loopback port 0, scriptable: fail the first N requests, or all."""
 
