@@ -69,6 +69,10 @@ class Dispatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._limiter = destination.rate_limiter()
+        #: whole batches failed in a row (connection refused, 5xx, 429, timeouts): the destination
+        #: as a whole is unwell, so the dispatcher holds back instead of failing every fresh batch
+        self._failures_in_row = 0
+        self._hold_until = 0.0
 
     # -- control --------------------------------------------------------------------------
 
@@ -99,6 +103,9 @@ class Dispatcher:
                 if self._stopping:
                     break
                 self.state = "probing"
+            if (hold := self._hold_until - self.clock()) > 0:
+                await self._wait(hold)
+                continue
             await self._slots.acquire()
             records: list[Record] = []
             try:
@@ -225,7 +232,7 @@ class Dispatcher:
             size = max(1, min(sender.max_batch, self.delivery.batch_size))
             for start in range(0, len(deliveries), size):
                 chunk = deliveries[start : start + size]
-                if paused or self._stopping and self.state == "paused":
+                if paused:
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
                     continue
                 for delivery, outcome in zip(chunk, await self._send(sender, chunk), strict=True):
@@ -243,22 +250,33 @@ class Dispatcher:
             self._pause(exc.reason)
             return [_PAUSED] * len(chunk)
         except RetryBatch as exc:
-            return [Retry(exc.reason, exc.not_before)] * len(chunk)
+            return self._batch_failed(chunk, Retry(exc.reason, exc.not_before))
         except asyncio.TimeoutError:
-            return [Retry(f"no answer within {self.delivery.timeout:g}s")] * len(chunk)
+            return self._batch_failed(chunk, Retry(f"no answer within {self.delivery.timeout:g}s"))
         except Exception as exc:
-            return [Retry(describe_error(exc))] * len(chunk)
+            return self._batch_failed(chunk, Retry(describe_error(exc)))
         if len(result) != len(chunk):
             log.error(
                 "destination %s: sender %s returned %d outcomes for %d events; retrying the batch",
                 self.name, sender.name, len(result), len(chunk),
             )
             return [Retry("plugin returned a wrong number of outcomes")] * len(chunk)
+        if any(isinstance(o, Delivered) for o in result):
+            self._failures_in_row = 0
         if self.state in ("probing", "paused") and any(isinstance(o, Delivered) for o in result):
             self._resume()
         elif self.state == "probing":
             self.state = "running"
         return result
+
+    def _batch_failed(self, chunk: Sequence[Delivery], retry: Retry) -> Sequence[Outcome]:
+        """Hold the whole destination back: capped exponential backoff with full jitter, and never
+        before the destination's own "not before"."""
+        self._failures_in_row += 1
+        hold = self.clock() + self._backoff(self._failures_in_row - 1)
+        self._hold_until = max(self._hold_until, hold, retry.not_before or 0.0)
+        self.last_error = retry.reason
+        return [retry] * len(chunk)
 
     async def _apply(self, records: list[Record], outcomes: dict[int, Outcome]) -> None:
         now = self.clock()
