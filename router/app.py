@@ -53,6 +53,7 @@ class Router:
         await self.queue.open()
         if isinstance(self.queue, SQLiteQueue):
             self.queue.on_append = self._notify
+            self.queue.on_commit = lambda requests: self.metrics.commits.inc()
         yield
         self.ingest.accepting = False
         await self.queue.close()

@@ -25,6 +25,9 @@ class Metrics:
         self.ingest_errors = prom.Counter(
             "router_ingest_errors", "Ingest requests refused, by reason", ["reason"], registry=r
         )
+        self.commits = prom.Counter(
+            "router_queue_commits", "Queue transactions that committed ingested events (group commit)", registry=r
+        )
         self.delivered = prom.Counter("router_events_delivered", "Events delivered", ["destination"], registry=r)
         self.skipped = prom.Counter(
             "router_events_skipped", "Events deliberately not sent, by reason", ["destination", "reason"], registry=r

@@ -135,3 +135,58 @@ async def test_status_endpoint_needs_the_admin_token_and_hides_secrets(start_rou
     for secret in ("hook-secret-9", "admin-secret-1", "js.secret.1", "s2s.secret.1"):
         assert secret not in str(body)
         assert secret not in metrics
+
+
+async def test_bad_credentials_pause_the_destination_and_keep_every_event(start_router, receiver, tmp_path):
+    receiver.always_status = 401
+    config = webhook_config(tmp_path, receiver.url).replace("max_backoff: 0.05", "max_backoff: 0.05\n      pause_probe: 0.2")
+    router = await start_router(config)
+    for i in range(4):
+        assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": f"p{i}"}))[0] == 200
+    admin = {"Authorization": "Bearer admin-secret-1"}
+
+    async def paused() -> bool:
+        status = (await router.get("/api/v1/destinations", headers=admin))[1]["destinations"]["hook"]
+        return status["state"] == "paused" and status["depth"] == 4
+
+    from tests.conftest import poll_until
+
+    await poll_until(paused)
+    status = (await router.get("/api/v1/destinations", headers=admin))[1]["destinations"]["hook"]
+    assert "401" in status["paused_reason"] and status["failed"] == 0
+    assert await router.metric("router_destination_paused", destination="hook") == 1
+    receiver.always_status = None  # the credential is fixed; the next probe resumes delivery
+    await receiver.wait_for(4)
+    await router.drain()
+    assert sorted(receiver.ids()) == [f"p{i}" for i in range(4)]
+    status = (await router.get("/api/v1/destinations", headers=admin))[1]["destinations"]["hook"]
+    assert status["state"] == "running" and status["depth"] == 0
+
+
+async def test_events_failing_past_the_maximum_retry_age_go_to_dead_letters(start_router, receiver, tmp_path):
+    receiver.always_status = 503
+    config = webhook_config(tmp_path, receiver.url).replace("max_backoff: 0.05", "max_backoff: 0.05\n      max_retry_age: 0.3")
+    router = await start_router(config)
+    assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": "old"}))[0] == 200
+
+    async def dead() -> bool:
+        return len(await router.router.queue.dead_letters("hook")) == 1
+
+    from tests.conftest import poll_until
+
+    await poll_until(dead)
+    [letter] = await router.router.queue.dead_letters("hook")
+    assert letter.reason.startswith("gave up after") and "HTTP 503" in letter.reason
+    assert await router.metric("router_events_failed_total", destination="hook", reason="retries_exhausted") == 1
+
+
+async def test_concurrent_requests_share_commits(start_router, receiver, tmp_path):
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    results = await asyncio.gather(
+        *(router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": f"g{i}"}) for i in range(100))
+    )
+    assert all(status == 200 for status, _ in results)
+    assert await router.metric("router_events_received_total", api_key="web") == 100
+    commits = await router.metric("router_queue_commits_total")
+    assert 1 <= commits < 100
+    await receiver.wait_for(100)

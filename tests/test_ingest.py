@@ -136,3 +136,18 @@ async def test_a_repeated_event_id_is_acknowledged_but_delivered_once(start_rout
     await router.drain()
     assert receiver.ids() == ["same-1"]
     assert await router.metric("router_events_duplicate_total") == 2
+
+
+async def test_tracking_pixel(start_router, receiver, tmp_path):
+    import base64
+
+    import orjson
+
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    data = base64.urlsafe_b64encode(orjson.dumps({**TRACK, "event_id": "px1"})).decode().rstrip("=")
+    assert router.session is not None
+    async with router.session.get(f"{router.url}/api/v1/p.gif?data={data}&token=js.secret.1") as resp:
+        assert resp.status == 200
+        assert resp.content_type == "image/gif"
+    await receiver.wait_for(1)
+    assert receiver.ids() == ["px1"]

@@ -18,8 +18,8 @@ from router.destination import (
     Destination,
     DestinationContext,
     Outcome,
+    PauseDestination,
     Rejected,
-    Retry,
     RetryBatch,
     Sender,
 )
@@ -79,6 +79,9 @@ class WebhookSender(Sender):
             status = resp.status
             if 200 <= status < 300:
                 return [Delivered()] * len(batch)
+            if status in (401, 403):
+                # the configured credentials are wrong: keep every event until they are fixed
+                raise PauseDestination(f"the webhook answered {status}: check the credentials in its headers")
             if status in RETRYABLE or status >= 500:
                 raise RetryBatch(f"HTTP {status}", retry_after(resp.headers.get("Retry-After"), time.time()))
             return [Rejected(f"HTTP {status}", response=text)] * len(batch)

@@ -81,8 +81,8 @@ class SQLiteQueue(Queue):
         self._closing = False
         #: called with the destinations that received new records after each commit
         self.on_append: Callable[[set[str]], None] | None = None
-        #: group sizes, for tests and metrics: how many append() calls shared each commit
-        self.last_group_size = 0
+        #: called after each group commit with how many append() calls shared it
+        self.on_commit: Callable[[int], None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -161,7 +161,8 @@ class SQLiteQueue(Queue):
                     if not future.done():
                         future.set_exception(error)
                 continue
-            self.last_group_size = len(group)
+            if self.on_commit is not None:
+                self.on_commit(len(group))
             touched: set[str] = set()
             for (events, future), duplicates in zip(group, results, strict=True):
                 for event in events:
