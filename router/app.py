@@ -50,10 +50,9 @@ class Router:
                 dispatcher.notify()
 
     async def queue_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self.queue.on_append = self._notify
+        self.queue.on_commit = lambda requests: self.metrics.commits.inc()
         await self.queue.open()
-        if isinstance(self.queue, SQLiteQueue):
-            self.queue.on_append = self._notify
-            self.queue.on_commit = lambda requests: self.metrics.commits.inc()
         yield
         self.ingest.accepting = False
         await self.queue.close()

@@ -136,7 +136,7 @@ async def serve(config: RouterConfig, plugins: PluginManager, ready: asyncio.Eve
     await runner.cleanup()
     received = sum(s.value for m in router.metrics.received.collect() for s in m.samples if s.name.endswith("_total"))
     delivered = sum(d.counts["delivered"] for d in router.dispatchers.values())
-    pending = sum(router.queue.depth(n) for n in config.destinations) if isinstance(router.queue, SQLiteQueue) else 0
+    pending = sum(router.queue.depth(n) for n in config.destinations)
     print(f"router stopped in {time.monotonic() - started:.1f}s: received {int(received)}, delivered {delivered}, "
           f"{pending} waiting in the queue for the next start", flush=True)
     return 0

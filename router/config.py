@@ -300,7 +300,6 @@ def _problems_from(exc: Exception, prefix: str) -> list[str]:
         message, _, where = line.rpartition(" @ ")
         path = _join(prefix, _tidy_path(where))
         if message.startswith("unknown key"):
-            extra = getattr(exc, "extra_fields", None)
             out.extend(_unknown_keys(exc, prefix) or [f"{path}: unknown key"])
             continue
         out.append(f"{path}: {message}")

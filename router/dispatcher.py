@@ -8,6 +8,7 @@ dead-letter, or pause the whole destination.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -15,6 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import aiohttp
 import orjson
 
 from router.config import DestinationConfig
@@ -150,10 +152,8 @@ class Dispatcher:
     async def _wait(self, seconds: float) -> None:
         """Sleep, but wake early when stopping."""
         self._work.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping_or_work(stop_only=True), timeout=seconds)
-        except asyncio.TimeoutError:
-            pass
 
     async def _stopping_or_work(self, stop_only: bool = False) -> None:
         while True:
@@ -171,14 +171,13 @@ class Dispatcher:
             return
         try:
             await asyncio.wait_for(self._stopping_or_work(), timeout=timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return
         if self.delivery.linger and not self._stopping and self._depth() < self.delivery.batch_size:
             await asyncio.sleep(self.delivery.linger)  # let a batch fill up
 
     def _depth(self) -> int:
-        depth = getattr(self.queue, "depth", None)
-        return depth(self.name) if depth else self.delivery.batch_size
+        return self.queue.depth(self.name)
 
     def _set_idle(self) -> None:
         if not self._inflight:
@@ -251,7 +250,7 @@ class Dispatcher:
             return [_PAUSED] * len(chunk)
         except RetryBatch as exc:
             return self._batch_failed(chunk, Retry(exc.reason, exc.not_before))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return self._batch_failed(chunk, Retry(f"no answer within {self.delivery.timeout:g}s"))
         except Exception as exc:
             return self._batch_failed(chunk, Retry(describe_error(exc)))
@@ -369,8 +368,6 @@ _PAUSED: Any = _PausedMarker()
 
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a send failure that cannot carry a secret (no URLs, no headers)."""
-    import aiohttp
-
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):

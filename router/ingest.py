@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import datetime
 import fnmatch
-import gzip
 import ipaddress
 import logging
 import uuid

@@ -115,10 +115,12 @@ async def test_an_outside_plugin_is_listed_and_receives_events(tmp_path, receive
 
 
 def test_every_hook_is_documented():
-    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "plugin_hooks.md")).read()
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "plugin_hooks.md")) as f:
+        docs = f.read()
     hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("router_")]
     assert hooks, "no hooks found"
     for name in hooks:
         signature = f"{name}({', '.join(inspect.signature(getattr(hookspecs, name)).parameters)})"
-        assert re.search(rf"^## {re.escape(signature)}$", docs, re.M), f"docs/plugin_hooks.md does not describe {signature}"
+        documented = re.search(rf"^## {re.escape(signature)}$", docs, re.M)
+        assert documented, f"docs/plugin_hooks.md does not describe {signature}"
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"

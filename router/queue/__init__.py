@@ -6,7 +6,7 @@ Implementations: :mod:`router.queue.sqlite` (SQLite in WAL mode, the embedded de
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import attrs
 
@@ -57,6 +57,11 @@ class DepthStats:
 class Queue(abc.ABC):
     """What the core needs of a queue. Every method is safe to call from the event loop."""
 
+    #: called (on the event loop) with the destinations that got new records after a commit
+    on_append: Callable[[set[str]], None] | None = None
+    #: called after each group commit with how many append() calls shared it
+    on_commit: Callable[[int], None] | None = None
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Open storage; records leased by a previous process become ready again."""
@@ -98,6 +103,10 @@ class Queue(abc.ABC):
     @abc.abstractmethod
     async def next_ready_at(self, destination: str) -> float | None:
         """When the earliest not-leased record of a destination becomes ready, or None if none."""
+
+    @abc.abstractmethod
+    def depth(self, destination: str) -> int:
+        """Undelivered records of a destination, from memory (cheap enough for every loop turn)."""
 
     @abc.abstractmethod
     async def stats(self) -> dict[str, DepthStats]:

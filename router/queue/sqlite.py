@@ -79,10 +79,6 @@ class SQLiteQueue(Queue):
         self._depth: dict[str, int] = {}
         self._last_purge = 0.0
         self._closing = False
-        #: called with the destinations that received new records after each commit
-        self.on_append: Callable[[set[str]], None] | None = None
-        #: called after each group commit with how many append() calls shared it
-        self.on_commit: Callable[[int], None] | None = None
 
     # -- plumbing -------------------------------------------------------------------------
 
