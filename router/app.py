@@ -38,6 +38,7 @@ class Router:
             dedup_window=config.server.dedup_window,
             group_commit_window=config.storage.group_commit_window,
             max_depth=config.storage.max_depth,
+            max_bytes=config.storage.max_bytes,
         )
         self.ingest = Ingest(config, self.queue, self.metrics)
         self.dispatchers: dict[str, Dispatcher] = {}

@@ -132,6 +132,9 @@ class StorageConfig:
     group_commit_window: Duration = Duration(0.002)
     #: ingest answers 503 above this many undelivered records (0 = no limit)
     max_depth: int = 0
+    #: the queue file may grow to this many bytes (0 = as far as the disk allows); past it ingest
+    #: answers 503 until delivered records free space
+    max_bytes: int = 0
 
 
 @attrs.define

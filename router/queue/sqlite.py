@@ -64,12 +64,14 @@ class SQLiteQueue(Queue):
         dedup_window: float = 3600.0,
         group_commit_window: float = 0.0,
         max_depth: int = 0,
+        max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = path
         self.dedup_window = dedup_window
         self.group_commit_window = group_commit_window
         self.max_depth = max_depth
+        self.max_bytes = max_bytes
         self.clock = clock
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
         self._db: sqlite3.Connection | None = None
@@ -97,6 +99,9 @@ class SQLiteQueue(Queue):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        if self.max_bytes:
+            page_size = db.execute("PRAGMA page_size").fetchone()[0]
+            db.execute(f"PRAGMA max_page_count = {max(16, self.max_bytes // page_size)}")
         released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount
         if released:
             log.info("released %d records leased by a previous process; they will be delivered again", released)
