@@ -44,6 +44,9 @@ class Receiver:
         self.fail_status = 503
         self.always_status: int | None = None
         self.retry_after: str | None = None
+        #: answer the first N requests only after this many seconds (past a router's timeout)
+        self.slow_first = 0
+        self.slow_seconds = 0.0
         self._changed = asyncio.Condition()
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -51,6 +54,9 @@ class Receiver:
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
         self.requests.append({"path": request.path, "headers": dict(request.headers), "body": body})
+        if self.slow_first > 0:
+            self.slow_first -= 1
+            await asyncio.sleep(self.slow_seconds)
         if self.always_status is not None:
             return web.json_response({"error": "refused by test receiver"}, status=self.always_status)
         if self.fail_first > 0:

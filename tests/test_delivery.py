@@ -189,3 +189,31 @@ async def test_concurrent_requests_share_commits(start_router, receiver, tmp_pat
     commits = await router.metric("router_queue_commits_total")
     assert 1 <= commits < 100
     await receiver.wait_for(100)
+
+
+async def test_a_send_past_the_attempt_timeout_is_retried(start_router, receiver, tmp_path):
+    receiver.slow_first, receiver.slow_seconds = 1, 1.0
+    config = webhook_config(tmp_path, receiver.url).replace("max_backoff: 0.05", "max_backoff: 0.05\n      timeout: 0.2")
+    router = await start_router(config)
+    assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": "slow"}))[0] == 200
+    await receiver.wait_for(1)
+    assert receiver.ids() == ["slow"]
+    assert len(receiver.requests) == 2  # the first attempt timed out; the second was delivered
+    status = (await router.get("/api/v1/destinations", headers={"Authorization": "Bearer admin-secret-1"}))[1]
+    assert status["destinations"]["hook"]["last_error"] == "no answer within 0.2s"
+
+
+async def test_a_template_that_fails_for_an_event_dead_letters_it_with_the_reason(start_router, receiver, tmp_path):
+    extra = """
+      data_layout:
+        table_name_template: "{{ user.email }}"
+    """
+    config = webhook_config(tmp_path, receiver.url).rstrip("\n") + textwrap.indent(textwrap.dedent(extra), "    ")
+    router = await start_router(config)
+    events = [{**TRACK, "event_id": "has-user"}, {"event_type": "anon", "event_id": "no-user"}]
+    assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
+    await receiver.wait_for(1)
+    await router.drain()
+    assert receiver.ids() == ["has-user"]
+    [letter] = await router.router.queue.dead_letters("hook")
+    assert letter.reason == "table_name_template: 'user' is undefined"
