@@ -299,10 +299,14 @@ class SQLiteQueue(Queue):
         return await self._run(self._next_ready_sync, destination)
 
     def _next_ready_sync(self, destination: str) -> float | None:
+        # walks the (destination, not_before) index from the front, passing over the few records
+        # in flight; a lease that expires is found by the dispatcher's periodic look anyway
         row = self._conn().execute(
-            "SELECT MIN(MAX(not_before, leased_until)) FROM records WHERE destination = ?", (destination,)
+            "SELECT not_before FROM records WHERE destination = ? AND leased_until <= ?"
+            " ORDER BY not_before LIMIT 1",
+            (destination, self.clock()),
         ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+        return None if row is None else float(row[0])
 
     def depth(self, destination: str) -> int:
         """Undelivered records of a destination (in memory, no disk access)."""
@@ -313,18 +317,20 @@ class SQLiteQueue(Queue):
 
     def _stats_sync(self) -> dict[str, DepthStats]:
         db = self._conn()
-        live = {d: (n, oldest) for d, n, oldest in db.execute(
-            "SELECT destination, COUNT(*), MIN(received_at) FROM records GROUP BY destination"
-        )}
+        counts = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination"))
         dead = dict(db.execute("SELECT destination, COUNT(*) FROM dead_letters GROUP BY destination"))
-        return {
-            name: DepthStats(
-                depth=live.get(name, (0, None))[0],
-                oldest_received_at=live.get(name, (0, None))[1],
+        out = {}
+        for name in set(counts) | set(dead):
+            # rows are inserted in receipt order (a replay inserts anew), so the lowest id is the oldest
+            row = db.execute(
+                "SELECT received_at FROM records WHERE destination = ? ORDER BY id LIMIT 1", (name,)
+            ).fetchone()
+            out[name] = DepthStats(
+                depth=counts.get(name, 0),
+                oldest_received_at=row[0] if row else None,
                 dead_letters=dead.get(name, 0),
             )
-            for name in set(live) | set(dead)
-        }
+        return out
 
     # -- dead letters ---------------------------------------------------------------------
 
