@@ -70,6 +70,14 @@ class Rejected:
 Outcome = Delivered | Skipped | Retry | Rejected
 
 
+class DestinationError(Exception):
+    """A send failure whose message is safe to show in status and logs (no URL, no credential).
+
+    Raise a subclass from ``send()`` for a transient failure with a useful description; any other
+    exception is shown by its type name only.
+    """
+
+
 class PauseDestination(Exception):
     """Destination-wide failure (bad credentials, missing scope): keep every event, stop sending.
 
@@ -111,6 +119,8 @@ class Sender(abc.ABC):
     name: str = "default"
     #: the most events the core passes to one ``send`` call
     max_batch: int = 1
+    #: whether the core acquires the destination's rate limiter before each ``send`` call
+    rate_limited: bool = True
 
     @abc.abstractmethod
     async def send(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:

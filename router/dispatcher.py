@@ -24,6 +24,7 @@ from router.destination import (
     Delivered,
     Delivery,
     Destination,
+    DestinationError,
     Outcome,
     PauseDestination,
     Rejected,
@@ -101,11 +102,18 @@ class Dispatcher:
         await self._start_destination()
         while not self._stopping:
             if self.state == "paused":
+                self._set_idle()
                 await self._wait(self.delivery.pause_probe)
                 if self._stopping:
                     break
                 self.state = "probing"
             if (hold := self._hold_until - self.clock()) > 0:
+                self._set_idle()
+                await self._wait(hold)
+                continue
+            if self._limiter is not None and (hold := self._limiter.paused_for) > 0:
+                # e.g. a daily limit: lease nothing until it lifts, rather than hold leased records
+                self._set_idle()
                 await self._wait(hold)
                 continue
             await self._slots.acquire()
@@ -184,8 +192,9 @@ class Dispatcher:
             self._idle.set()
 
     async def drain(self) -> None:
-        """Wait until a lease made after this call found nothing ready and nothing is in flight
-        (for tests and benchmarks: an event to wait on instead of a sleep)."""
+        """Wait until nothing is in flight and a look made after this call found nothing to send
+        now (nothing ready, or the destination held back, paused or rate limited). For tests and
+        benchmarks: an event to wait on instead of a sleep."""
         while True:
             self._idle.clear()
             self.notify()
@@ -241,7 +250,7 @@ class Dispatcher:
         await self._apply(records, outcomes)
 
     async def _send(self, sender: Sender, chunk: Sequence[Delivery]) -> Sequence[Outcome]:
-        if self._limiter is not None:
+        if self._limiter is not None and sender.rate_limited:
             await self._limiter.acquire()
         try:
             result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
@@ -354,6 +363,7 @@ class Dispatcher:
             "skipped": self.counts["skipped"],
             "failed": self.counts["failed"],
             "retried": self.counts["retried"],
+            "in_flight": len(self._inflight),
             "last_error": self.last_error,
             **dict(self.destination.status()),
         }
@@ -368,6 +378,8 @@ _PAUSED: Any = _PausedMarker()
 
 def describe_error(exc: BaseException) -> str:
     """A one-line description of a send failure that cannot carry a secret (no URLs, no headers)."""
+    if isinstance(exc, DestinationError):
+        return str(exc)
     if isinstance(exc, aiohttp.ClientResponseError):
         return f"HTTP {exc.status}"
     if isinstance(exc, aiohttp.ClientConnectorError):

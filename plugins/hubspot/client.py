@@ -27,7 +27,7 @@ import orjson
 from yarl import URL
 
 from plugins.hubspot.config import HubSpotConfig
-from router.destination import PauseDestination, RetryBatch
+from router.destination import DestinationError, PauseDestination, RetryBatch
 from router.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ class ApiResponse:
     text: str
 
 
-class HubSpotError(Exception):
+class HubSpotError(DestinationError):
     """HubSpot refused one request for a reason about the request itself (400, 404, 409, ...)."""
 
     def __init__(self, status: int, body: Any, text: str) -> None:

@@ -1,8 +1,9 @@
 """Every event but identifies -> HubSpot: the legacy tracker (default) or custom behavioral events (v3).
 
 legacy: ``GET {track_base}/v1/event?_a=<hub_id>&_n=<event_type>&email=..&_m=<revenue>&<contact props>``,
-one request per event. The tracker is not under the API's rate limits, so these requests do not
-take tokens from the destination's limiter (the core still takes one per ``send()`` call).
+one request per event. The tracker is not under the API's rate limits, so in this mode the sender
+is not rate limited by the core (``rate_limited = False``); only API calls (a catalog refresh)
+take tokens.
 
 v3: ``POST /events/v3/send/batch`` with up to 500 occurrences named ``pe<hub_id>_<event_type>``, the
 router's event id as ``uuid`` (so a resent event is refused as a duplicate, never counted twice:
@@ -131,6 +132,7 @@ class EventSender(Sender):
         self.api = api
         self.destination = destination
         self.max_batch = LEGACY_MAX_BATCH if api == "legacy" else batch_size
+        self.rate_limited = api != "legacy"
         self.dropped: prom.Counter = catalog.dropped
         #: definition names known to exist in the account
         self.defined: set[str] = set()
@@ -147,7 +149,7 @@ class EventSender(Sender):
     # -- legacy tracker -------------------------------------------------------------------
 
     async def _send_legacy(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
-        await self.catalog.ensure_fresh(RequestBudget(self.client.limiter))
+        await self.catalog.ensure_fresh(RequestBudget(self.client.limiter, prepaid=0))
         slots = asyncio.Semaphore(LEGACY_CONCURRENCY)
 
         async def one(delivery: Delivery) -> Outcome:
