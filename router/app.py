@@ -160,7 +160,12 @@ async def json_errors(request: web.Request, handler: Any) -> web.StreamResponse:
 
 
 def build_app(config: RouterConfig, plugins: PluginManager) -> web.Application:
-    app = web.Application(client_max_size=config.server.max_body_bytes, middlewares=[json_errors])
+    app = web.Application(
+        client_max_size=config.server.max_body_bytes,
+        middlewares=[json_errors],
+        # tracking-pixel URLs carry the event: allow long request lines
+        handler_args={"max_line_size": 65536, "max_field_size": 16384},
+    )
     router = Router(config, plugins)
     app[ROUTER] = router
     app[MAX_BODY] = config.server.max_body_bytes

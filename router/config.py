@@ -7,14 +7,17 @@ Validation is separate from starting: ``router check`` only calls ``load_config`
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import os
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_origin
 
 import attrs
 import cattrs
 import yaml
+from cattrs.cols import list_structure_factory
 
 if TYPE_CHECKING:
     from router.registry import PluginManager
@@ -65,8 +68,8 @@ class Duration(float):
         if isinstance(value, bool):
             raise ValueError("expected a duration such as 30s, 5m or 24h")
         if isinstance(value, int | float):
-            if value < 0:
-                raise ValueError("must not be negative")
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"expected a duration such as 30s, 5m or 24h, got {value!r}")
             return cls(value)
         match = cls._RE.match(str(value))
         if not match:
@@ -84,6 +87,30 @@ class PositiveInt(int):
         if int(value) <= 0:
             raise ValueError(f"must be greater than 0, got {value}")
         return cls(int(value))
+
+
+class Count(int):
+    """A whole number, 0 or more."""
+
+    @classmethod
+    def parse(cls, value: Any) -> Count:
+        if isinstance(value, bool) or not isinstance(value, int | str) or not str(value).strip().isdigit():
+            raise ValueError(f"expected a whole number (0 or more), got {value!r}")
+        return cls(int(value))
+
+
+class IpNetwork(str):
+    """An IP address or network (``10.0.0.0/8``)."""
+
+    @classmethod
+    def parse(cls, value: Any) -> IpNetwork:
+        try:
+            ipaddress.ip_network(str(value), strict=False)
+        except ValueError:
+            raise ValueError(f"expected an IP address or network such as 10.0.0.0/8, got {value!r}") from None
+        if not isinstance(value, str):
+            raise ValueError(f"expected an IP address or network as a string, got {value!r}")
+        return cls(value)
 
 
 class HostPort(str):
@@ -117,7 +144,7 @@ class ServerConfig:
     #: bearer token for the admin endpoints (/api/v1/destinations); empty = admin endpoints off
     admin_token: Secret | None = None
     #: addresses of reverse proxies whose X-Forwarded-For / X-Real-IP headers are believed
-    trusted_proxies: list[str] = attrs.Factory(list)
+    trusted_proxies: list[IpNetwork] = attrs.Factory(list)
     #: an event whose id was accepted within this window is acknowledged but not enqueued again
     dedup_window: Duration = Duration(3600)
     #: how long in-flight sends may take to finish after SIGTERM
@@ -131,10 +158,10 @@ class StorageConfig:
     #: how long the group-commit writer waits for company before committing
     group_commit_window: Duration = Duration(0.002)
     #: ingest answers 503 above this many undelivered records (0 = no limit)
-    max_depth: int = 0
+    max_depth: Count = Count(0)
     #: the queue file may grow to this many bytes (0 = as far as the disk allows); past it ingest
     #: answers 503 until delivered records free space
-    max_bytes: int = 0
+    max_bytes: Count = Count(0)
 
 
 @attrs.define
@@ -234,8 +261,21 @@ def make_converter() -> cattrs.Converter:
 
     conv.register_structure_hook(Secret, structure_secret)
     # these types validate themselves: a ValueError from ``parse`` becomes "path: message"
-    for parsed in (Duration, PositiveInt, HostPort, HttpUrl):
+    for parsed in (Duration, PositiveInt, Count, HostPort, HttpUrl, IpNetwork):
         conv.register_structure_hook(parsed, lambda value, t: t.parse(value))
+
+    def strict_list(type_: Any) -> Any:
+        """Lists stay lists: a lone string must not become a list of its characters."""
+        structure_items = list_structure_factory(type_, conv)
+
+        def structure(value: Any, t: Any) -> Any:
+            if not isinstance(value, list):
+                raise ValueError(f"expected a list, got {type(value).__name__}")
+            return structure_items(value, t)
+
+        return structure
+
+    conv.register_structure_hook_factory(lambda t: get_origin(t) is list, strict_list)
     conv.register_structure_hook(str, structure_str)
     conv.register_structure_hook(int, structure_int)
     conv.register_unstructure_hook(Secret, lambda s: "***")
@@ -315,7 +355,7 @@ def _unknown_keys(exc: BaseException, prefix: str) -> list[str]:
 
     def walk(e: BaseException, path: str) -> None:
         if isinstance(e, cattrs.ForbiddenExtraKeysError):
-            found.extend(f"{_join(path, k)}: unknown key" for k in sorted(e.extra_fields))
+            found.extend(f"{_join(path, str(k))}: unknown key" for k in sorted(e.extra_fields, key=str))
         for sub in getattr(e, "exceptions", ()):
             note = next((n for n in getattr(sub, "__notes__", ()) if hasattr(n, "name")), None)
             sub_path = path
@@ -339,6 +379,15 @@ def load_config(path: str, plugins: PluginManager, env: Mapping[str, str] | None
 
 def parse_config(
     text: str, plugins: PluginManager, *, env: Mapping[str, str] | None = None, source: str = "<config>"
+) -> RouterConfig:
+    try:
+        return _parse_config(text, plugins, env=env, source=source)
+    except RecursionError:
+        raise ConfigError([f"{source}: the YAML nests too deeply or an alias refers to itself"]) from None
+
+
+def _parse_config(
+    text: str, plugins: PluginManager, *, env: Mapping[str, str] | None, source: str
 ) -> RouterConfig:
     problems: list[str] = []
     try:
@@ -416,6 +465,9 @@ def _load_destination(
     dtype_name = body.get("type")
     if dtype_name is None:
         problems.append(f"{path}.type: required")
+        return None
+    if not isinstance(dtype_name, str):
+        problems.append(f"{path}.type: expected the name of a destination type, got {dtype_name!r}")
         return None
     if dtype_name not in types:
         known = ", ".join(sorted(types)) or "none installed"

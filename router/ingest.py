@@ -12,6 +12,7 @@ import fnmatch
 import ipaddress
 import logging
 import uuid
+import zlib
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import urlsplit
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit
 import attrs
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from router.config import ApiKey, RouterConfig
 from router.metrics import Metrics
@@ -96,7 +98,7 @@ class Ingest:
         try:
             token = self._authenticate(request, server_only=False)
             cors = self._cors_headers(request, token)
-            events = parse_events(await request.read())
+            events = parse_events(await read_body(request))
             return await self._accept(request, token, events, src="jitsu", headers=cors)
         except IngestError as exc:
             return self._refuse(exc, cors)
@@ -104,7 +106,7 @@ class Ingest:
     async def server_event(self, request: web.Request) -> web.StreamResponse:
         try:
             token = self._authenticate(request, server_only=True)
-            events = parse_events(await request.read())
+            events = parse_events(await read_body(request))
             return await self._accept(request, token, events, src="api")
         except IngestError as exc:
             return self._refuse(exc)
@@ -200,11 +202,15 @@ class Ingest:
         agent = request.headers.get("User-Agent")
         destinations = self.routes.get(token.key.id, ())
         batch = []
-        for event in events:
+        for i, event in enumerate(events):
             dedup_id = enrich(event, token.key.id, now=now, ip=ip, user_agent=agent, src=src)
+            try:
+                payload = orjson.dumps(event)
+            except TypeError:  # orjson refuses what it cannot write back, e.g. nesting past 254 levels
+                raise IngestError(400, f"event {i} is nested too deeply to store", "too_deep") from None
             batch.append(
                 NewEvent(
-                    payload=orjson.dumps(event),
+                    payload=payload,
                     destinations=destinations,
                     dedup_id=f"{token.key.id}:{dedup_id}" if dedup_id else None,
                 )
@@ -297,30 +303,44 @@ def parse_ndjson(body: bytes) -> list[dict[str, Any]]:
     return events
 
 
+async def read_body(request: web.Request) -> bytes:
+    """The request body, decoded per its Content-Encoding; an undecodable one is the client's mistake."""
+    try:
+        return await request.read()
+    except web.RequestPayloadError as exc:
+        raise IngestError(400, f"the body could not be read: {str(exc).splitlines()[-1].strip()}", "bad_body") from None
+
+
 async def _read_bulk_body(request: web.Request) -> bytes:
     limit = request.app[MAX_BODY]
     if request.content_type.startswith("multipart/"):
-        reader = await request.multipart()
-        data = b""
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and (part.filename or part.name in ("file", "events")):
-                data = bytes(await part.read(decode=True))
-                break
-        if not data:
-            raise IngestError(400, "multipart upload without a file field", "empty_body")
+        data = await _read_file_part(request)
     else:
-        data = await request.read()
-    if data[:2] == b"\x1f\x8b" or request.headers.get("Content-Encoding") == "gzip":
+        data = await read_body(request)
+    # a transport Content-Encoding was already undone by read_body; this is a gzipped file
+    if data[:2] == b"\x1f\x8b":
         try:
             data = _gunzip(data, limit * 50)
-        except (OSError, EOFError):
+        except (OSError, EOFError, zlib.error):
             raise IngestError(400, "the upload is not valid gzip", "invalid_gzip") from None
     return data
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    import zlib
+async def _read_file_part(request: web.Request) -> bytes:
+    """The first file field of a multipart upload."""
+    try:
+        reader = await request.multipart()
+        async for part in reader:
+            if isinstance(part, BodyPartReader) and (part.filename or part.name in ("file", "events")):
+                data = bytes(await part.read(decode=True))
+                if data:
+                    return data
+    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError, web.RequestPayloadError) as exc:
+        raise IngestError(400, f"malformed multipart upload ({type(exc).__name__})", "bad_multipart") from None
+    raise IngestError(400, "multipart upload without a file field", "empty_body")
 
+
+def _gunzip(data: bytes, limit: int) -> bytes:
     inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
     out = inflater.decompress(data, limit + 1)
     if len(out) > limit:
