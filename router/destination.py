@@ -31,6 +31,7 @@ import abc
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import aiohttp
 import attrs
 
 if TYPE_CHECKING:
@@ -161,3 +162,18 @@ class Destination(abc.ABC):
     def status(self) -> Mapping[str, Any]:
         """Extra fields for the status endpoint. Never include secrets."""
         return {}
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line description of a send failure that cannot carry a secret (no URLs, no headers)."""
+    if isinstance(exc, DestinationError):
+        return str(exc)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "connection closed by the server"
+    if isinstance(exc, aiohttp.ClientError | OSError):
+        return f"connection error ({type(exc).__name__})"
+    return type(exc).__name__

@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import aiohttp
 import orjson
 
 from router.config import DestinationConfig
@@ -24,7 +23,6 @@ from router.destination import (
     Delivered,
     Delivery,
     Destination,
-    DestinationError,
     Outcome,
     PauseDestination,
     Rejected,
@@ -32,6 +30,7 @@ from router.destination import (
     RetryBatch,
     Sender,
     Skipped,
+    describe_error,
 )
 from router.filters import TemplateRejected
 from router.metrics import Metrics
@@ -374,18 +373,3 @@ class _PausedMarker:
 
 
 _PAUSED: Any = _PausedMarker()
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line description of a send failure that cannot carry a secret (no URLs, no headers)."""
-    if isinstance(exc, DestinationError):
-        return str(exc)
-    if isinstance(exc, aiohttp.ClientResponseError):
-        return f"HTTP {exc.status}"
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect: {exc.os_error.strerror or type(exc.os_error).__name__}"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "connection closed by the server"
-    if isinstance(exc, aiohttp.ClientError | OSError):
-        return f"connection error ({type(exc).__name__})"
-    return type(exc).__name__

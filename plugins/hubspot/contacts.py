@@ -35,7 +35,7 @@ from router.destination import (
     Sender,
     Skipped,
 )
-from router.dispatcher import describe_error
+from router.destination import describe_error
 
 log = logging.getLogger(__name__)
 
