@@ -506,6 +506,11 @@ def _load_destination(
         for i, token in enumerate(common.only_tokens):
             if token not in known_tokens:
                 problems.append(f"{path}.only_tokens[{i}]: no api_keys entry has this id or secret")
+    if common.delivery.lease_timeout <= common.delivery.timeout:
+        problems.append(
+            f"{path}.delivery.lease_timeout: must be longer than delivery.timeout "
+            f"({common.delivery.lease_timeout:g}s <= {common.delivery.timeout:g}s)"
+        )
     template = common.data_layout.table_name_template
     if template is not None:
         from router.filters import compile_template

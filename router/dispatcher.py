@@ -99,33 +99,38 @@ class Dispatcher:
 
     async def run(self) -> None:
         await self._start_destination()
+        queue_failures = 0
         while not self._stopping:
             if self.state == "paused":
                 self._set_idle()
-                await self._wait(self.delivery.pause_probe)
+                await self._sleep_unless_stopping(self.delivery.pause_probe)
                 if self._stopping:
                     break
                 self.state = "probing"
-            if (hold := self._hold_until - self.clock()) > 0:
-                self._set_idle()
-                await self._wait(hold)
-                continue
-            if self._limiter is not None and (hold := self._limiter.paused_for) > 0:
+            hold = self._hold_until - self.clock()
+            if self._limiter is not None:
                 # e.g. a daily limit: lease nothing until it lifts, rather than hold leased records
+                hold = max(hold, self._limiter.paused_for)
+            if hold > 0:
                 self._set_idle()
-                await self._wait(hold)
+                await self._sleep_unless_stopping(hold)
                 continue
             await self._slots.acquire()
-            records: list[Record] = []
             try:
-                if not self._stopping:
-                    records = await self.queue.lease(
-                        self.name, self._lease_size(), self.delivery.lease_timeout
-                    )
-            finally:
-                if not records:
-                    self._slots.release()
+                records = await self.queue.lease(self.name, self._lease_size(), self.delivery.lease_timeout)
+                queue_failures = 0
+            except Exception:
+                self._slots.release()
+                log.exception("destination %s: cannot lease from the queue; trying again", self.name)
+                await self._sleep_unless_stopping(self._backoff(queue_failures))
+                queue_failures += 1
+                continue
+            if self._stopping:  # stop() came while leasing: give the records back untouched
+                self._slots.release()
+                await self.queue.release([r.id for r in records])
+                break
             if not records:
+                self._slots.release()
                 self._set_idle()
                 await self._wait_for_work()
                 continue
@@ -153,31 +158,36 @@ class Dispatcher:
             except Exception as exc:
                 self.last_error = f"start failed: {describe_error(exc)}"
                 log.warning("destination %s: %s; events keep queueing", self.name, self.last_error)
-                await self._wait(self._backoff(attempt))
+                await self._sleep_unless_stopping(self._backoff(attempt))
                 attempt += 1
 
-    async def _wait(self, seconds: float) -> None:
-        """Sleep, but wake early when stopping."""
+    async def _sleep_unless_stopping(self, seconds: float) -> None:
+        """Sleep; wake early only when stopping."""
         self._work.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping_or_work(stop_only=True), timeout=seconds)
-
-    async def _stopping_or_work(self, stop_only: bool = False) -> None:
-        while True:
-            await self._work.wait()
-            self._work.clear()
-            if self._stopping or not stop_only:
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not self._stopping:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
                 return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._work.wait(), timeout=remaining)
+            self._work.clear()
 
     async def _wait_for_work(self) -> None:
+        """Until new records may be ready: a notification, the next retry time, or the poll interval."""
         timeout = POLL_INTERVAL
-        ready_at = await self.queue.next_ready_at(self.name)
+        try:
+            ready_at = await self.queue.next_ready_at(self.name)
+        except Exception:
+            log.exception("destination %s: cannot read the queue; trying again", self.name)
+            ready_at = None
         if ready_at is not None:
             timeout = min(timeout, max(0.0, ready_at - self.clock()))
         if timeout <= 0:
             return
+        self._work.clear()
         try:
-            await asyncio.wait_for(self._stopping_or_work(), timeout=timeout)
+            await asyncio.wait_for(self._work.wait(), timeout=timeout)
         except TimeoutError:
             return
         if self.delivery.linger and not self._stopping and self._depth() < self.delivery.batch_size:
@@ -207,46 +217,61 @@ class Dispatcher:
         try:
             await self._deliver(records)
         except Exception:
-            log.exception("destination %s: delivery loop error; the batch will be retried", self.name)
-            await self.queue.release([r.id for r in records])
+            # our own failure (e.g. the queue could not record outcomes): hold the destination back
+            # rather than spin on the same batch; the records come back when released or expired
+            log.exception("destination %s: delivery failed inside the router; the batch will be retried", self.name)
+            self._failures_in_row += 1
+            self._hold_until = max(self._hold_until, self.clock() + self._backoff(self._failures_in_row - 1))
+            with contextlib.suppress(Exception):
+                await self.queue.release([r.id for r in records])
         finally:
             self._slots.release()
             self.notify()
 
     async def _deliver(self, records: list[Record]) -> None:
+        leased_at = self.clock()
         outcomes: dict[int, Outcome] = {}
         by_sender: dict[int, tuple[Sender, list[Delivery]]] = {}
         for record in records:
             try:
                 event = orjson.loads(record.payload)
                 reason = self.hook.router_filter_event(destination=self.config, event=event)
+                sender = None if reason else self.destination.sender_for(event)
             except TemplateRejected as exc:
                 outcomes[record.id] = Rejected(str(exc))
                 continue
             except orjson.JSONDecodeError:
                 outcomes[record.id] = Rejected("stored payload is not valid JSON")
                 continue
-            if reason:
-                outcomes[record.id] = Skipped(reason)
+            except Exception as exc:  # a plugin's filter or routing failed for this event
+                log.exception("destination %s: filter or routing failed for an event", self.name)
+                outcomes[record.id] = Rejected(f"filter failed: {type(exc).__name__}")
                 continue
-            sender = self.destination.sender_for(event)
+            if sender is None:
+                outcomes[record.id] = Skipped(str(reason))
+                continue
             by_sender.setdefault(id(sender), (sender, []))[1].append(
                 Delivery(record_id=record.id, event=event, attempts=record.attempts, received_at=record.received_at)
             )
 
-        paused = False
+        # the last moment a chunk may start and still finish within the lease
+        send_by = leased_at + self.delivery.lease_timeout - self.delivery.timeout
         for sender, deliveries in by_sender.values():
             size = max(1, min(sender.max_batch, self.delivery.batch_size))
             for start in range(0, len(deliveries), size):
                 chunk = deliveries[start : start + size]
-                if paused:
+                if self._held() or self.clock() > send_by:
+                    # paused, held back after a failure, or out of lease time: the rest goes back
+                    # untouched, without an attempt counted
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
                     continue
                 for delivery, outcome in zip(chunk, await self._send(sender, chunk), strict=True):
                     outcomes[delivery.record_id] = outcome
-                paused = self.state == "paused"
 
         await self._apply(records, outcomes)
+
+    def _held(self) -> bool:
+        return self.state == "paused" or self._hold_until > self.clock()
 
     async def _send(self, sender: Sender, chunk: Sequence[Delivery]) -> Sequence[Outcome]:
         if self._limiter is not None and sender.rate_limited:
@@ -273,7 +298,7 @@ class Dispatcher:
         if self.state in ("probing", "paused") and any(isinstance(o, Delivered) for o in result):
             self._resume()
         elif self.state == "probing":
-            self.state = "running"
+            self._resume()  # the destination answered; whatever it said, the credentials work
         return result
 
     def _batch_failed(self, chunk: Sequence[Delivery], retry: Retry) -> Sequence[Outcome]:

@@ -53,7 +53,7 @@ class RateLimiter:
         now = self.clock()
         # count requests we do not know about (another client of the same account) as just made
         while len(self._starts) < used:
-            self._starts.appendleft(now)
+            self._starts.append(now)
 
     def pause_until(self, until: float, reason: str) -> None:
         """Send nothing before ``until`` (in this limiter's clock)."""

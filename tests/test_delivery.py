@@ -217,3 +217,57 @@ async def test_a_template_that_fails_for_an_event_dead_letters_it_with_the_reaso
     assert receiver.ids() == ["has-user"]
     [letter] = await router.router.queue.dead_letters("hook")
     assert letter.reason == "table_name_template: 'user' is undefined"
+
+
+class FailingFilter:
+    """A third-party filter with a bug: it raises for events without a user."""
+
+    from router import hookimpl
+
+    @staticmethod
+    @hookimpl
+    def router_filter_event(destination, event):
+        return "vip" if event["user"]["tier"] == "vip" else None
+
+
+async def test_a_plugin_filter_that_raises_dead_letters_that_event_only(start_router, receiver, tmp_path):
+    router = await start_router(webhook_config(tmp_path, receiver.url), extra_plugins=(FailingFilter,))
+    events = [{"event_type": "anon", "event_id": "bad"}, {**TRACK, "event_id": "good", "user": {"tier": "basic"}}]
+    assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
+    await receiver.wait_for(1)
+    await router.drain()
+    assert receiver.ids() == ["good"]
+    [letter] = await router.router.queue.dead_letters("hook")
+    assert letter.reason == "filter failed: KeyError"
+
+
+async def test_after_a_429_the_rest_of_the_batch_waits_for_retry_after(start_router, receiver, tmp_path):
+    receiver.fail_first, receiver.fail_status, receiver.retry_after = 1, 429, "60"
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    events = [{**TRACK, "event_id": f"b{i}"} for i in range(20)]
+    assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
+    await router.drain()  # returns once the destination is held back
+    assert len(receiver.requests) == 1  # one event per request (batch_size 1); the other 19 wait
+    status = (await router.get("/api/v1/destinations", headers={"Authorization": "Bearer admin-secret-1"}))[1]
+    assert status["destinations"]["hook"]["depth"] == 20
+
+
+async def test_a_probe_answered_with_a_rejection_ends_the_pause(start_router, receiver, tmp_path):
+    receiver.always_status = 401
+    config = webhook_config(tmp_path, receiver.url).replace("max_backoff: 0.05", "max_backoff: 0.05\n      pause_probe: 0.1")
+    router = await start_router(config)
+    assert (await router.post("/api/v1/event?token=js.secret.1", {**TRACK, "event_id": "x1"}))[0] == 200
+    from tests.conftest import poll_until
+
+    async def paused() -> bool:
+        return router.router.dispatchers["hook"].state == "paused"
+
+    await poll_until(paused)
+    receiver.always_status = 422  # credentials fixed, but this event is refused for itself
+
+    async def dead_lettered() -> bool:
+        return len(await router.router.queue.dead_letters("hook")) == 1
+
+    await poll_until(dead_lettered)
+    assert router.router.dispatchers["hook"].state == "running"
+    assert await router.metric("router_destination_paused", destination="hook") == 0

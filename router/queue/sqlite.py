@@ -138,23 +138,21 @@ class SQLiteQueue(Queue):
 
     async def _write_loop(self) -> None:
         while True:
-            await self._wakeup.wait()
-            if self.group_commit_window and not self._closing:
-                await asyncio.sleep(self.group_commit_window)  # wait a moment for company
-            self._wakeup.clear()
             if not self._pending:
                 if self._closing:
                     return
+                self._wakeup.clear()
+                await self._wakeup.wait()
                 continue
+            if self.group_commit_window and not self._closing:
+                await asyncio.sleep(self.group_commit_window)  # wait a moment for company
             group, count = [], 0
             while self._pending and count < MAX_GROUP:
                 item = self._pending.pop(0)
                 group.append(item)
                 count += len(item[0])
-            if self._pending:
-                self._wakeup.set()
             try:
-                results = await self._run(self._commit_group, [events for events, _ in group])
+                results, added = await self._run(self._commit_group, [events for events, _ in group])
             except Exception as exc:
                 error = QueueFull(_describe(exc))
                 log.error("queue commit failed: %s", error)
@@ -162,6 +160,7 @@ class SQLiteQueue(Queue):
                     if not future.done():
                         future.set_exception(error)
                 continue
+            self._count(added)
             if self.on_commit is not None:
                 self.on_commit(len(group))
             touched: set[str] = set()
@@ -173,7 +172,12 @@ class SQLiteQueue(Queue):
             if touched and self.on_append is not None:
                 self.on_append(touched)
 
-    def _commit_group(self, groups: list[Sequence[NewEvent]]) -> list[int]:
+    def _count(self, changes: dict[str, int]) -> None:
+        """Apply depth changes (on the event loop, the only place that reads them)."""
+        for destination, n in changes.items():
+            self._depth[destination] = self._depth.get(destination, 0) + n
+
+    def _commit_group(self, groups: list[Sequence[NewEvent]]) -> tuple[list[int], dict[str, int]]:
         db = self._conn()
         now = self.clock()
         horizon = now - self.dedup_window
@@ -211,9 +215,7 @@ class SQLiteQueue(Queue):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        for destination, n in added.items():
-            self._depth[destination] = self._depth.get(destination, 0) + n
-        return results
+        return results, added
 
     # -- delivery side --------------------------------------------------------------------
 
@@ -223,37 +225,41 @@ class SQLiteQueue(Queue):
     def _lease_sync(self, destination: str, limit: int, lease_seconds: float) -> list[Record]:
         db = self._conn()
         now = self.clock()
-        rows = db.execute(
-            "SELECT id, payload, received_at, attempts FROM records"
-            " WHERE destination = ? AND not_before <= ? AND leased_until <= ?"
-            " ORDER BY not_before, id LIMIT ?",
-            (destination, now, now, limit),
-        ).fetchall()
-        if not rows:
-            return []
-        db.executemany(
-            "UPDATE records SET leased_until = ? WHERE id = ?", [(now + lease_seconds, row[0]) for row in rows]
-        )
+        with _transaction(db):
+            rows = db.execute(
+                "SELECT id, payload, received_at, attempts FROM records"
+                " WHERE destination = ? AND not_before <= ? AND leased_until <= ?"
+                " ORDER BY not_before, id LIMIT ?",
+                (destination, now, now, limit),
+            ).fetchall()
+            for chunk in _chunks([row[0] for row in rows], 500):
+                db.execute(
+                    f"UPDATE records SET leased_until = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                    (now + lease_seconds, *chunk),
+                )
         return [Record(id=r[0], destination=destination, payload=r[1], received_at=r[2], attempts=r[3]) for r in rows]
 
     async def ack(self, ids: Sequence[int]) -> None:
         if ids:
-            await self._run(self._ack_sync, list(ids))
+            self._count(await self._run(self._ack_sync, list(ids)))
 
-    def _ack_sync(self, ids: list[int]) -> None:
+    def _ack_sync(self, ids: list[int]) -> dict[str, int]:
         db = self._conn()
         with _transaction(db):
-            self._forget(db, ids)
+            removed = self._leaving(db, ids)
             db.executemany("DELETE FROM records WHERE id = ?", [(i,) for i in ids])
+        return removed
 
-    def _forget(self, db: sqlite3.Connection, ids: list[int]) -> None:
-        """Keep the in-memory depth counts in step with records about to leave the table."""
+    def _leaving(self, db: sqlite3.Connection, ids: list[int]) -> dict[str, int]:
+        """Depth changes for records about to leave the table."""
+        changes: dict[str, int] = {}
         for chunk in _chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             for destination, n in db.execute(
                 f"SELECT destination, COUNT(*) FROM records WHERE id IN ({marks}) GROUP BY destination", chunk
             ):
-                self._depth[destination] = self._depth.get(destination, 0) - n
+                changes[destination] = changes.get(destination, 0) - n
+        return changes
 
     async def release(self, ids: Sequence[int]) -> None:
         if ids:
@@ -279,13 +285,13 @@ class SQLiteQueue(Queue):
 
     async def dead_letter(self, items: Sequence[tuple[int, str, str | None]]) -> None:
         if items:
-            await self._run(self._dead_letter_sync, list(items))
+            self._count(await self._run(self._dead_letter_sync, list(items)))
 
-    def _dead_letter_sync(self, items: list[tuple[int, str, str | None]]) -> None:
+    def _dead_letter_sync(self, items: list[tuple[int, str, str | None]]) -> dict[str, int]:
         db = self._conn()
         now = self.clock()
         with _transaction(db):
-            self._forget(db, [i for i, _, _ in items])
+            removed = self._leaving(db, [i for i, _, _ in items])
             for record_id, reason, response in items:
                 db.execute(
                     "INSERT INTO dead_letters (destination, payload, received_at, attempts, reason, last_response,"
@@ -294,6 +300,7 @@ class SQLiteQueue(Queue):
                     (reason, response, now, record_id),
                 )
                 db.execute("DELETE FROM records WHERE id = ?", (record_id,))
+        return removed
 
     async def next_ready_at(self, destination: str) -> float | None:
         return await self._run(self._next_ready_sync, destination)
@@ -346,7 +353,12 @@ class SQLiteQueue(Queue):
         return [DeadLetter(*row) for row in rows]
 
     async def replay(self, destination: str, limit: int) -> int:
-        return await self._run(self._replay_sync, destination, limit)
+        moved = await self._run(self._replay_sync, destination, limit)
+        if moved:
+            self._count({destination: moved})
+            if self.on_append is not None:
+                self.on_append({destination})
+        return moved
 
     def _replay_sync(self, destination: str, limit: int) -> int:
         db = self._conn()
@@ -369,9 +381,6 @@ class SQLiteQueue(Queue):
                     (now, now, *chunk),
                 )
                 db.execute(f"DELETE FROM dead_letters WHERE id IN ({marks})", chunk)
-        self._depth[destination] = self._depth.get(destination, 0) + len(ids)
-        if self.on_append is not None:
-            self.on_append({destination})
         return len(ids)
 
     async def purge(self, destination: str) -> int:

@@ -1,0 +1,114 @@
+"""The SQLite queue on a real file: leases, retries, dead letters, replay, dedup, reopen, close."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from router.queue import NewEvent
+from router.queue.sqlite import SQLiteQueue
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+async def queue(tmp_path):
+    q = SQLiteQueue(str(tmp_path / "q.sqlite3"), clock=Clock())
+    await q.open()
+    yield q
+    await q.close()
+
+
+def event(n: int, dedup: str | None = None) -> NewEvent:
+    return NewEvent(payload=b'{"n":%d}' % n, destinations=("a", "b"), dedup_id=dedup)
+
+
+async def test_an_event_is_stored_once_per_destination_and_leased_once(queue):
+    assert await queue.append([event(1), event(2)]) == 0
+    assert queue.depth("a") == 2 and queue.depth("b") == 2
+    first = await queue.lease("a", 10, 60)
+    assert [r.payload for r in first] == [b'{"n":1}', b'{"n":2}']
+    assert await queue.lease("a", 10, 60) == []  # leased records are hidden
+    await queue.ack([first[0].id])
+    assert queue.depth("a") == 1 and queue.depth("b") == 2
+
+
+async def test_a_lease_that_expires_hands_the_record_out_again(queue):
+    await queue.append([event(1)])
+    [record] = await queue.lease("a", 10, 60)
+    queue.clock.now += 61
+    [again] = await queue.lease("a", 10, 60)
+    assert again.id == record.id
+
+
+async def test_reschedule_waits_for_not_before_and_counts_attempts(queue):
+    await queue.append([event(1)])
+    [record] = await queue.lease("a", 10, 60)
+    await queue.reschedule([(record.id, queue.clock.now + 30, "HTTP 503")])
+    assert await queue.lease("a", 10, 60) == []
+    assert await queue.next_ready_at("a") == queue.clock.now + 30
+    queue.clock.now += 30
+    [again] = await queue.lease("a", 10, 60)
+    assert again.attempts == 1
+
+
+async def test_dead_letters_keep_reason_and_answer_and_replay_returns_them(queue):
+    await queue.append([event(1), event(2)])
+    records = await queue.lease("a", 10, 60)
+    await queue.dead_letter([(r.id, "HTTP 422", '{"error":"no"}') for r in records])
+    assert queue.depth("a") == 0
+    letters = await queue.dead_letters("a")
+    assert [(d.reason, d.last_response, d.attempts) for d in letters] == [("HTTP 422", '{"error":"no"}', 1)] * 2
+    assert (await queue.stats())["a"].dead_letters == 2
+    assert await queue.replay("a", 1) == 1
+    assert await queue.replay("a", 10) == 1
+    assert await queue.dead_letters("a") == []
+    replayed = await queue.lease("a", 10, 60)
+    assert [r.payload for r in replayed] == [b'{"n":1}', b'{"n":2}'] and all(r.attempts == 0 for r in replayed)
+
+
+async def test_a_client_event_id_is_kept_once_within_the_window(queue):
+    assert await queue.append([event(1, "k:1")]) == 0
+    assert await queue.append([event(1, "k:1"), event(2, "k:2")]) == 1
+    assert queue.depth("a") == 2
+    queue.clock.now += 3601  # past the window: accepted again
+    assert await queue.append([event(1, "k:1")]) == 0
+    assert queue.depth("a") == 3
+
+
+async def test_reopening_releases_what_a_dead_process_had_leased(tmp_path):
+    path = str(tmp_path / "q.sqlite3")
+    first = SQLiteQueue(path)
+    await first.open()
+    await first.append([event(1)])
+    assert len(await first.lease("a", 10, 3600)) == 1
+    await first.close()  # as if the process had died with the record in flight
+    second = SQLiteQueue(path)
+    await second.open()
+    try:
+        assert len(await second.lease("a", 10, 3600)) == 1
+        assert second.depth("a") == 1
+    finally:
+        await second.close()
+
+
+async def test_close_finishes_pending_appends(tmp_path):
+    q = SQLiteQueue(str(tmp_path / "q.sqlite3"), group_commit_window=0.01)
+    await q.open()
+    appends = [asyncio.create_task(q.append([event(i)])) for i in range(50)]
+    await asyncio.sleep(0)  # the appends are queued, the writer is waiting for company
+    await asyncio.wait_for(q.close(), 5)
+    assert [t.result() for t in appends] == [0] * 50
+    reopened = SQLiteQueue(str(tmp_path / "q.sqlite3"))
+    await reopened.open()
+    try:
+        assert reopened.depth("a") == 50
+    finally:
+        await reopened.close()
