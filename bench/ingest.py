@@ -102,7 +102,7 @@ def main() -> int:
                 storage: {{path: "{work}/data"}}
                 api_keys: [{{id: bench, server_secret: s2s.bench}}]
                 destinations:
-                  sink: {{type: webhook, config: {{url: "http://127.0.0.1:{hole}/"}}, delivery: {{timeout: 1h}}}}
+                  sink: {{type: webhook, config: {{url: "http://127.0.0.1:{hole}/"}}, delivery: {{timeout: 1h, lease_timeout: 2h}}}}
             """))
         procs.append(subprocess.Popen([os.path.join(BIN, "router"), "--log-level", "warning", "run", "-c", config],
                                       stdout=subprocess.DEVNULL))
