@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 
 from plugins.hubspot.emulator import Emulator, serve
+from plugins.hubspot.events import occurrence_uuid
 from tests.conftest import RunningRouter, poll_until
 
 TOKEN = "pat-na1-5ec4e7-70ken-never-logged"
@@ -20,6 +21,7 @@ WRONG_TOKEN = "pat-na1-wr0ng-70ken-never-logged"
 HUB_ID = "20546336"
 ADMIN = {"Authorization": "Bearer admin-secret-1"}
 UPSERT = "/crm/v3/objects/contacts/batch/upsert"
+SEND = "/events/v3/send/batch"
 
 CUSTOM_PROPERTIES: list[dict[str, Any]] = [
     {"name": "favorite_color", "label": "Favorite Color", "type": "string", "fieldType": "text"},
@@ -288,27 +290,60 @@ async def test_v3_events_are_batched_idempotent_and_define_themselves(start_rout
     assert upgraded["properties"] == {"to": "pro", "comment": "x" * 50}  # values cut to 50 characters
     assert all(e["source"] == "v3" for e in hubspot.emulator.events)
 
-    # the uuid is the router's event id, so HubSpot refuses a resent occurrence instead of counting it twice
+    # the uuid is derived from the api key and the event id, so HubSpot refuses a resent occurrence
+    # instead of counting it twice
     ids = {(e["eventName"], e["email"]): e["uuid"] for e in hubspot.emulator.events}
-    assert ids[(fqn + "purchase", "jane@example.com")] == "00000000-0000-4000-8000-000000000001"
+    assert ids[(fqn + "purchase", "jane@example.com")] == occurrence_uuid("web", "00000000-0000-4000-8000-000000000001")
 
 
 async def test_a_resent_v3_event_is_delivered_once(start_router, hubspot, tmp_path):
     """HubSpot already has the occurrence (an earlier attempt got through but its answer was lost)."""
     router = await start_router(hubspot_config(tmp_path, hubspot.url, settings="events_api: v3"))
     event_id = "6c3e2a10-7a1b-4c1e-9a57-6f1d2a3b4c5d"
+    key = occurrence_uuid("web", event_id)
     hubspot.emulator.define_event("purchase")
     async with aiohttp.ClientSession() as session:
-        occurrence = {"eventName": f"pe{HUB_ID}_purchase", "email": "jane@example.com", "uuid": event_id}
+        occurrence = {"eventName": f"pe{HUB_ID}_purchase", "email": "jane@example.com", "uuid": key}
         async with session.post(f"{hubspot.url}/events/v3/send", json=occurrence,
                                 headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
             assert resp.status == 204
     await post(router, [{**TRACKS[0], "event_id": event_id}, {**TRACKS[1], "event_id": "another"}])
     await all_delivered(router)
-    assert [e["uuid"] for e in hubspot.emulator.events].count(event_id) == 1
+    assert [e["uuid"] for e in hubspot.emulator.events].count(key) == 1
     assert len(hubspot.emulator.events) == 2
     assert await router.metric("router_events_delivered_total", destination="hs") == 2
     assert await router.router.queue.dead_letters("hs") == []
+
+
+async def test_two_api_keys_sending_the_same_event_id_are_two_hubspot_events(start_router, hubspot, tmp_path):
+    """Ingest keeps both (it dedups per key), so HubSpot must get both: the uuid includes the key."""
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
+        "destinations:\n", "  - id: app\n    server_secret: s2s.secret.2\ndestinations:\n", 1
+    )
+    router = await start_router(config)
+    for token, email in (("s2s.secret.1", "jane@example.com"), ("s2s.secret.2", "bob@example.com")):
+        status, body = await router.post(f"/api/v1/event?token={token}",
+                                         {"event_type": "purchase", "user": {"email": email}, "event_id": "42"})
+        assert status == 200, body
+    await all_delivered(router)
+    assert sorted(e["email"] for e in hubspot.emulator.events) == ["bob@example.com", "jane@example.com"]
+    assert len({e["uuid"] for e in hubspot.emulator.events}) == 2
+    assert await router.metric("router_events_delivered_total", destination="hs") == 2
+    assert await router.router.queue.dead_letters("hs") == []
+
+
+async def test_a_400_saying_duplicate_about_something_else_is_not_counted_delivered(start_router, hubspot, tmp_path):
+    router = await start_router(hubspot_config(tmp_path, hubspot.url, settings="events_api: v3"))
+    await all_delivered(router)
+    message = "inputs[0]: Duplicate property names in the occurrence: revenue"
+    await hubspot.set_faults({"path": SEND, "status": 400, "count": 1,
+                              "body": {"status": "error", "message": message, "category": "VALIDATION_ERROR"}})
+    await post(router, [{"event_type": "purchase", "user": {"email": "jane@example.com"}, "revenue": 5}])
+    await all_delivered(router)
+    assert hubspot.emulator.events == []
+    [letter] = await router.router.queue.dead_letters("hs")
+    assert letter.reason == message
+    assert await router.metric("router_events_delivered_total", destination="hs") == 0
 
 
 # -- partial failures ------------------------------------------------------------------------------
@@ -359,6 +394,95 @@ async def test_a_property_hubspot_no_longer_has_is_refreshed_and_left_out(start_
     assert len(hubspot.requests_to("/crm/v3/properties/contacts")) == catalog_fetches + 1
     assert await router.router.queue.dead_letters("hs") == []
     assert await router.metric("router_hubspot_properties_dropped_total", destination="hs", reason="unknown") == 1
+
+
+@pytest.mark.parametrize("category", ["VALIDATION_ERROR", "INTERNAL_ERROR"])
+async def test_a_207_error_naming_no_input_fails_the_contacts_hubspot_returned_no_result_for(
+    start_router, hubspot, tmp_path, category
+):
+    router = await start_router(hubspot_config(tmp_path, hubspot.url))
+    await all_delivered(router)
+    answered = [{"id": str(100 + i), "new": True, "properties": {"email": email}, "archived": False}
+                for i, email in enumerate(["kept1@example.com", "Kept2@Example.com"])]
+    error = {"status": "error", "category": category, "message": "Something went wrong with one input", "context": {}}
+    await hubspot.set_faults({"path": UPSERT, "status": 207, "count": 1, "body": {
+        "status": "COMPLETE", "results": answered, "numErrors": 1, "errors": [error]}})
+    await post(router, [identify("kept1@example.com"), identify("lost@example.com"), identify("kept2@example.com")])
+    await all_delivered(router)
+
+    letters = await router.router.queue.dead_letters("hs")
+    if category == "VALIDATION_ERROR":  # permanent: the contact without a result is dead-lettered, not acked
+        assert [orjson.loads(dl.payload)["user"]["email"] for dl in letters] == ["lost@example.com"]
+        assert letters[0].reason == "Something went wrong with one input"
+        assert await router.metric("router_events_delivered_total", destination="hs") == 2
+    else:  # transient: it is sent again, and arrives
+        assert letters == []
+        assert list(hubspot.emulator.contacts) == ["lost@example.com"]
+        assert [r["status"] for r in hubspot.requests_to(UPSERT)] == [207, 200]
+        assert await router.metric("router_events_delivered_total", destination="hs") == 3
+
+
+async def test_a_404_on_events_recreates_the_definitions_and_resends(start_router, hubspot, tmp_path):
+    router = await start_router(hubspot_config(tmp_path, hubspot.url, settings="events_api: v3"))
+    await post(router, [{"event_type": "purchase", "user": {"email": "a@example.com"}},
+                        {"event_type": "signup", "user": {"email": "b@example.com"}}])
+    await all_delivered(router)
+    hubspot.emulator.definitions.clear()  # someone deleted them in HubSpot; the router still knows them
+    await hubspot.set_faults({"path": SEND, "status": 404, "count": 1})
+    await post(router, [{"event_type": "purchase", "user": {"email": "c@example.com"}},
+                        {"event_type": "signup", "user": {"email": "d@example.com"}}])
+    await all_delivered(router)
+
+    assert sorted(e["email"] for e in hubspot.emulator.events) == [f"{c}@example.com" for c in "abcd"]
+    assert sorted(hubspot.emulator.definitions) == [f"pe{HUB_ID}_purchase", f"pe{HUB_ID}_signup"]
+    assert [r["status"] for r in hubspot.requests_to(SEND)] == [204, 404, 204]
+    assert await router.router.queue.dead_letters("hs") == []
+
+
+@pytest.mark.parametrize("sender", ["contacts", "events"])
+async def test_a_413_splits_the_batch_instead_of_rejecting_it(start_router, hubspot, tmp_path, sender):
+    router = await start_router(hubspot_config(tmp_path, hubspot.url, settings="events_api: v3"))
+    await all_delivered(router)
+    path, ok = (UPSERT, 200) if sender == "contacts" else (SEND, 204)
+    await hubspot.set_faults({"path": path, "status": 413, "count": 1,
+                              "body": "<html><body><h1>413 Request Entity Too Large</h1></body></html>"})
+    if sender == "contacts":
+        await post(router, [identify(f"big{i}@example.com") for i in range(10)])
+    else:
+        await post(router, [{"event_type": "click", "user": {"email": f"big{i}@example.com"}} for i in range(10)])
+    await all_delivered(router)
+    assert [r["status"] for r in hubspot.requests_to(path)] == [413, ok, ok]
+    assert len(hubspot.emulator.contacts) == 10
+    assert await router.router.queue.dead_letters("hs") == []
+    assert await router.metric("router_events_delivered_total", destination="hs") == 10
+
+
+@pytest.mark.parametrize("sender", ["contacts", "events"])
+async def test_a_send_stops_at_its_request_limit_and_says_why_the_rest_waits(start_router, hubspot, tmp_path, sender):
+    """HubSpot refuses everything without naming an input: halving is bounded, and the reason of
+    what was left unsent says so (here the retry age is 0, so it shows in the dead letters)."""
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
+        "max_backoff: 0.05\n", "max_backoff: 0.05\n      max_retry_age: 0s\n")
+    router = await start_router(config)
+    await all_delivered(router)
+    path = UPSERT if sender == "contacts" else SEND
+    await hubspot.set_faults({"path": path, "status": 400})
+    if sender == "contacts":
+        await post(router, [identify(f"n{i}@example.com") for i in range(30)])
+    else:
+        await post(router, [{"event_type": "click", "user": {"email": f"n{i}@example.com"}} for i in range(30)])
+    await all_delivered(router)
+
+    api_requests = [r for r in hubspot.emulator.requests if r["path"] != "/crm/v3/properties/contacts"]
+    assert len(api_requests) == 24  # (events: one definition and 23 sends)
+    reasons = [dl.reason for dl in await router.router.queue.dead_letters("hs")]
+    assert len(reasons) == 30
+    isolated = [r for r in reasons if r == "HubSpot 400 VALIDATION_ERROR: Invalid input"]
+    left = [r for r in reasons if r not in isolated]
+    assert isolated and left
+    limit_reason = ("gave up after 1 attempts: not sent in this attempt: it made its 24 HubSpot requests "
+                    "resending parts of the batch HubSpot refused; retried later")
+    assert set(left) == {limit_reason}
 
 
 # -- transient trouble -----------------------------------------------------------------------------
@@ -507,6 +631,27 @@ async def test_a_deprecated_api_key_is_sent_as_hapikey_with_a_warning_and_never_
     assert hubspot.emulator.requests[0]["query"] == {"hapikey": api_key}  # it was sent, as HubSpot wanted it
     for text in (orjson.dumps(status).decode(), (await router.get("/metrics"))[1], caplog.text):
         assert api_key not in text
+
+
+async def test_an_answer_echoing_the_credential_is_redacted_everywhere_it_is_kept(
+    start_router, hubspot, tmp_path, caplog
+):
+    caplog.set_level(logging.DEBUG)
+    router = await start_router(hubspot_config(tmp_path, hubspot.url))
+    await all_delivered(router)
+    old_key = "0ld-hap1key-never-shown"
+    echo = (f"<html>404 Not Found: POST {UPSERT}?hapikey={old_key}&portalId={HUB_ID} "
+            f"(Authorization: Bearer {TOKEN})</html>")  # a proxy that echoes the request
+    await hubspot.set_faults({"path": UPSERT, "status": 404, "count": 1, "body": echo})
+    await post(router, [identify("jane@example.com")])
+    await all_delivered(router)
+
+    [letter] = await router.router.queue.dead_letters("hs")
+    assert f"hapikey=***&portalId={HUB_ID}" in letter.reason and "Bearer ***" in letter.reason
+    status = await status_of(router)
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name != "plugins.hubspot.emulator")
+    for text in (letter.reason, letter.last_response or "", orjson.dumps(status).decode(), logged):
+        assert TOKEN not in text and old_key not in text
 
 
 async def test_an_unreachable_hubspot_at_start_keeps_events_queued_until_it_answers(start_router, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import pytest
@@ -98,7 +99,10 @@ def test_event_names_follow_hubspot_rules(event_type: str, name: str) -> None:
     assert event_name(event_type) == name
 
 
-def test_event_ids_become_stable_uuids() -> None:
-    assert occurrence_uuid("6C3E2A10-7A1B-4C1E-9A57-6F1D2A3B4C5D") == "6c3e2a10-7a1b-4c1e-9a57-6f1d2a3b4c5d"
-    assert occurrence_uuid("order-1") == occurrence_uuid("order-1") != occurrence_uuid("order-2")
-    assert occurrence_uuid("") is None
+def test_event_ids_become_stable_uuids_per_api_key() -> None:
+    assert occurrence_uuid("web", "order-1") == occurrence_uuid("web", "order-1") != occurrence_uuid("web", "order-2")
+    # ingest dedups per key: the same client event id from two keys is two events, so two uuids
+    assert occurrence_uuid("web", "42") != occurrence_uuid("app", "42")
+    # a client's own UUID is derived too: another key may send the same one
+    assert uuid.UUID(occurrence_uuid("web", "6c3e2a10-7a1b-4c1e-9a57-6f1d2a3b4c5d") or "").version == 5
+    assert occurrence_uuid("web", "") is None

@@ -8,7 +8,9 @@ Every API answer is classified here, once:
 - 429, 423, 477, 5xx    -> ``RetryBatch`` with the right ``not_before``; 429 also pauses the limiter
 
 Nothing here logs a URL with its query string or a header: the token (or the deprecated hapikey)
-never reaches logs, errors or status output.
+never reaches logs, errors or status output. Every answer's text is redacted before it is parsed or
+kept (an error's message and text reach logs, status and dead letters): the credential's value and
+any ``hapikey=<value>`` become ``***``, in case a proxy or HubSpot echoes the request.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import attrs
@@ -46,6 +49,8 @@ LOCKED_WAIT = 2.0
 MIGRATION_WAIT = 60.0
 
 _PROPERTY_DETAIL = re.compile(r"Property values were not valid:\s*(\[.*\])\s*$", re.DOTALL)
+_HAPIKEY = re.compile(r"(hapikey=)[^&\s\"'<>\\]+", re.IGNORECASE)
+REDACTED = "***"
 
 
 @attrs.frozen
@@ -158,6 +163,9 @@ class HubSpotClient:
             assert config.access_token is not None
             self._headers["Authorization"] = f"Bearer {config.access_token.get()}"
             self.credential = "access token"
+        #: credential values (and their URL-encoded forms) removed from every answer's text
+        values = [secret.get() for secret in (config.access_token, config.api_key) if secret and secret.get()]
+        self._secrets = sorted({form for v in values for form in (v, quote(v, safe=""))}, key=len, reverse=True)
         #: wall-clock time before which the daily allowance is spent
         self.daily_until = 0.0
         self._day_start = 0.0
@@ -188,11 +196,11 @@ class HubSpotClient:
             raw = await resp.read()
             headers = resp.headers
             status = resp.status
-        text = raw.decode("utf-8", errors="replace")
+        text = self.redact(raw.decode("utf-8", errors="replace"))
         parsed: Any = None
-        if raw:
+        if text:
             try:
-                parsed = orjson.loads(raw)
+                parsed = orjson.loads(text)
             except orjson.JSONDecodeError:
                 parsed = None
         self._observe(headers)
@@ -202,6 +210,12 @@ class HubSpotClient:
         log.debug("destination %s: %s answered %s %s", self.destination, operation, status, error.category)
         self._raise_destination_wide(error, headers, operation)
         raise error
+
+    def redact(self, text: str) -> str:
+        """``text`` without the credential's value or any ``hapikey=<value>``."""
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return _HAPIKEY.sub(r"\1" + REDACTED, text)
 
     def _raise_destination_wide(self, error: HubSpotError, headers: Mapping[str, str], operation: str) -> None:
         status = error.status

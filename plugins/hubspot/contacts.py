@@ -3,8 +3,9 @@
 v3: ``POST /crm/v3/objects/contacts/batch/upsert`` with ``idProperty: email``, up to 100 inputs.
 Identifies of one email (case-insensitive) in a batch are merged in event-time order (later values
 win) into one input, whose outcome applies to all of its events. A 207 rejects the inputs its
-errors name; a 400 that names inputs rejects them and resends the rest; a 400 that names a property
-refreshes the catalog, leaves the property out and resends; a 400 that names nothing is split in
+errors name; when an error names no input, only inputs HubSpot returned a result for are delivered.
+A 400 that names inputs rejects them and resends the rest; a 400 that names a property refreshes
+the catalog, leaves the property out and resends; a 400 that names nothing (or a 413) is split in
 halves until the bad inputs are found (a bounded number of requests per send).
 
 v1: ``POST /contacts/v1/contact/createOrUpdate/email/<email>/``, one request per merged contact.
@@ -12,18 +13,17 @@ v1: ``POST /contacts/v1/contact/createOrUpdate/email/<email>/``, one request per
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import attrs
 import orjson
 
 from plugins.hubspot.client import HubSpotClient, HubSpotError, RequestBudget
 from plugins.hubspot.filter import email_of, event_time, user_properties
+from plugins.hubspot.outcomes import BatchPlan, keep_decided
 from plugins.hubspot.properties import READ_ONLY, UNKNOWN, PropertyCatalog
 from router.destination import (
     Delivered,
@@ -31,11 +31,9 @@ from router.destination import (
     Outcome,
     Rejected,
     Retry,
-    RetryBatch,
     Sender,
     Skipped,
 )
-from router.destination import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +41,14 @@ UPSERT_PATH = "/crm/v3/objects/contacts/batch/upsert"
 V1_PATH = "/contacts/v1/contact/createOrUpdate/email/{email}/"
 #: v1 makes one request per contact; keep a send() short enough for the core's timeout
 V1_MAX_BATCH = 10
-#: requests one send() may make to isolate inputs HubSpot refused without naming them
-MAX_REQUESTS_PER_SEND = 24
 #: rounds of "leave the refused property out and resend" per send
 MAX_PROPERTY_ROUNDS = 5
 #: HubSpot's validation codes meaning "this property cannot be written at all"
 _UNWRITABLE = {"PROPERTY_DOESNT_EXIST": UNKNOWN, "READ_ONLY_VALUE": READ_ONLY}
-#: failures in the middle of a send that make the unresolved events retry (resolved ones keep theirs)
-_TRANSIENT = (RetryBatch, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+#: categories of a 207's errors that mean "try again later" rather than "this input is bad"
+TRANSIENT_CATEGORIES = frozenset(
+    {"RATE_LIMITS", "LOCKED", "MIGRATION_IN_PROGRESS", "INTERNAL_ERROR", "SERVICE_UNAVAILABLE"}
+)
 
 
 @attrs.define
@@ -89,19 +87,8 @@ class ContactUpsertSender(Sender):
         outcomes: list[Outcome | None] = [None] * len(batch)
         contacts = self.merge(batch, outcomes)
         results: dict[int, Outcome] = {}
-        try:
-            if self.legacy:
-                await self._send_v1(contacts, budget, results)
-            else:
-                await self._send_v3(contacts, budget, results)
-        except _TRANSIENT as exc:
-            if not results:
-                raise  # nothing decided: a whole-batch failure, so the core holds the destination back
-            # what was decided stays decided; the rest is retried
-            reason = exc.reason if isinstance(exc, RetryBatch) else describe_error(exc)
-            not_before = exc.not_before if isinstance(exc, RetryBatch) else None
-            for index in range(len(contacts)):
-                results.setdefault(index, Retry(reason, not_before))
+        sending = self._send_v1 if self.legacy else self._send_v3
+        await keep_decided(sending(contacts, budget, results), results, range(len(contacts)))
         for index, contact in enumerate(contacts):
             for member in contact.members:
                 outcomes[member] = results.get(index, Retry("not sent"))
@@ -146,19 +133,9 @@ class ContactUpsertSender(Sender):
     # -- v3 -------------------------------------------------------------------------------
 
     async def _send_v3(self, contacts: list[Contact], budget: RequestBudget, results: dict[int, Outcome]) -> None:
-        groups: list[list[int]] = [list(range(len(contacts)))] if contacts else []
-        requests = 0
+        plan = BatchPlan(list(range(len(contacts))), results, what="contacts", destination=self.destination)
         property_rounds = 0
-        while groups:
-            if requests >= MAX_REQUESTS_PER_SEND:
-                for group in groups:
-                    for index in group:
-                        results[index] = Retry("HubSpot refused the batch without naming the input; isolating it")
-                log.warning("destination %s: request budget of one send spent isolating refused contacts",
-                            self.destination)
-                return
-            group = groups.pop(0)
-            requests += 1
+        while (group := plan.next()) is not None:
             inputs = [
                 {"idProperty": "email", "id": contacts[i].email, "properties": contacts[i].properties} for i in group
             ]
@@ -176,45 +153,56 @@ class ContactUpsertSender(Sender):
                              self.destination, sorted(refused))
                     await self.catalog.refused(refused, budget)
                     if self._leave_out(contacts, group, refused):
-                        groups.insert(0, group)
+                        plan.resend(group)
                         continue
                 named = {i.lower() for i in err.ids()}
                 bad = [i for i in group if contacts[i].email.lower() in named]
                 if bad:
                     for index in bad:
                         results[index] = Rejected(err.message, response=err.text)
-                    rest = [i for i in group if i not in bad]
-                    if rest:
-                        groups.insert(0, rest)
+                    plan.resend(group)
                     continue
-                if len(group) == 1 or err.status != 400:
-                    for index in group:
-                        results[index] = Rejected(err.describe(), response=err.text)
-                    continue
-                half = len(group) // 2
-                groups[:0] = [group[:half], group[half:]]
+                plan.refused(group, err)
                 continue
             self._apply_upsert(response.status, response.body, contacts, group, results)
 
     def _apply_upsert(
         self, status: int, body: Any, contacts: list[Contact], group: list[int], results: dict[int, Outcome]
     ) -> None:
+        """A 200 or 207: inputs its errors name are rejected. When an error names no input, only the
+        inputs HubSpot returned a result for (by email) are delivered; the others get that error."""
+        envelope = body if isinstance(body, dict) else {}
         by_id = {contacts[i].email.lower(): i for i in group}
-        errors = body.get("errors") if isinstance(body, dict) else None
-        unmatched = 0
+        unnamed: list[dict[str, Any]] = []
+        errors = envelope.get("errors")
         for error in errors if isinstance(errors, list) else []:
             if not isinstance(error, dict):
                 continue
-            ids = (error.get("context") or {}).get("ids") or []
-            matched = [by_id[str(i).lower()] for i in ids if str(i).lower() in by_id]
-            unmatched += not matched
+            context = error.get("context")
+            ids = context.get("ids") if isinstance(context, dict) else None
+            matched = [by_id[str(i).lower()] for i in ids if str(i).lower() in by_id] if isinstance(ids, list) else []
+            if not matched:
+                unnamed.append(error)
             for index in matched:
                 results[index] = Rejected(str(error.get("message") or f"HubSpot {status}"),
                                           response=orjson.dumps(error).decode())
-        if unmatched:
-            log.warning("destination %s: %d HubSpot errors named no input of the batch", self.destination, unmatched)
+        if not unnamed:
+            for index in group:
+                results.setdefault(index, Delivered())
+            return
+        upserted = envelope.get("results")
+        confirmed = {
+            str(result["properties"].get("email", "")).lower()
+            for result in (upserted if isinstance(upserted, list) else [])
+            if isinstance(result, dict) and isinstance(result.get("properties"), dict)
+        }
+        failed = _unnamed_failure(status, unnamed)
+        left = [i for i in group if i not in results and contacts[i].email.lower() not in confirmed]
+        log.warning("destination %s: HubSpot's %d answer had %d errors naming no input; %d contacts it returned "
+                    "no result for are %s", self.destination, status, len(unnamed), len(left),
+                    "retried" if isinstance(failed, Retry) else "rejected")
         for index in group:
-            results.setdefault(index, Delivered())
+            results.setdefault(index, failed if index in left else Delivered())
 
     # -- v1 -------------------------------------------------------------------------------
 
@@ -244,3 +232,13 @@ class ContactUpsertSender(Sender):
                     break
                 results[index] = Delivered()
                 break
+
+
+def _unnamed_failure(status: int, errors: list[dict[str, Any]]) -> Outcome:
+    """What a contact gets from errors that name no input when HubSpot returned no result for it:
+    a retry when any error is transient, else a rejection with HubSpot's messages."""
+    messages = list(dict.fromkeys(str(e.get("message") or "") for e in errors if e.get("message")))
+    reason = "; ".join(messages) or f"HubSpot {status} without a result for this contact"
+    if any(str(e.get("category") or "") in TRANSIENT_CATEGORIES for e in errors):
+        return Retry(f"HubSpot {status}: {reason}")
+    return Rejected(reason, response=orjson.dumps(errors).decode())

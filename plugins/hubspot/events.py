@@ -5,9 +5,10 @@ one request per event. The tracker is not under the API's rate limits, so in thi
 is not rate limited by the core (``rate_limited = False``); only API calls (a catalog refresh)
 take tokens.
 
-v3: ``POST /events/v3/send/batch`` with up to 500 occurrences named ``pe<hub_id>_<event_type>``, the
-router's event id as ``uuid`` (so a resent event is refused as a duplicate, never counted twice:
-a duplicate answer means it was delivered). A missing event definition is created once.
+v3: ``POST /events/v3/send/batch`` with up to 500 occurrences named ``pe<hub_id>_<event_type>``, a
+``uuid`` derived from the api key and the event id (so a resent event is refused as a duplicate,
+never counted twice: a duplicate answer naming that uuid means it was delivered). A missing event
+definition is created once, and again when HubSpot says it is missing (400 naming it, or 404).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import prometheus_client as prom
 
 from plugins.hubspot.client import HubSpotClient, HubSpotError, RequestBudget
 from plugins.hubspot.filter import email_of, event_time, user_properties
+from plugins.hubspot.outcomes import BatchPlan, keep_decided
 from plugins.hubspot.properties import (
     INVALID_VALUE,
     InvalidValue,
@@ -42,8 +44,8 @@ from router.destination import (
     RetryBatch,
     Sender,
     Skipped,
+    describe_error,
 )
-from router.destination import describe_error
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +59,10 @@ MAX_NAME = 50
 MAX_PROPERTIES = 50
 MAX_VALUE = 50
 MAX_URL_VALUE = 200
-MAX_REQUESTS_PER_SEND = 24
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-#: uuids for event ids that are not UUIDs are derived from them, stably
+#: occurrence uuids are derived from "<api key id>:<event id>" in this namespace, stably
 _UUID_NAMESPACE = uuid.UUID("6f0d3c52-5d2a-4c55-9d0e-7a1f4d1b8a61")
 _INPUT_INDEX = re.compile(r"inputs\[(\d+)\]")
-_TRANSIENT = (RetryBatch, aiohttp.ClientError, asyncio.TimeoutError, OSError)
 
 #: Jitsu's context and the router's enrichment: not event properties
 CONTEXT_FIELDS = frozenset({
@@ -97,14 +97,13 @@ def revenue_of(event: Mapping[str, Any]) -> str | None:
     return plain_number(value)
 
 
-def occurrence_uuid(event_id: str) -> str | None:
-    """The router's event id as HubSpot's idempotency key (derived stably when it is not a UUID)."""
+def occurrence_uuid(api_key: str, event_id: str) -> str | None:
+    """HubSpot's idempotency key for an event: a UUID derived from ``<api key id>:<event id>``, the
+    same pair the router's ingest dedups on, so two keys' events with one id stay two occurrences
+    and a resent event gets the same uuid."""
     if not event_id:
         return None
-    try:
-        return str(uuid.UUID(event_id))
-    except ValueError:
-        return str(uuid.uuid5(_UUID_NAMESPACE, event_id))
+    return str(uuid.uuid5(_UUID_NAMESPACE, f"{api_key}:{event_id}"))
 
 
 def iso_ms(moment: dt.datetime) -> str:
@@ -208,7 +207,7 @@ class EventSender(Sender):
         moment = event_time(event)
         if moment is not None:
             occurrence["occurredAt"] = iso_ms(moment)
-        key = occurrence_uuid(delivery.event_id)
+        key = occurrence_uuid(str(event.get("api_key") or ""), delivery.event_id)
         if key is not None:
             occurrence["uuid"] = key
         properties = self.event_properties(event)
@@ -283,17 +282,7 @@ class EventSender(Sender):
                 results[position] = Skipped("no email") if str(exc) == "no email" else Rejected(str(exc))
                 continue
             labels.setdefault(occurrences[position][0], str(delivery.event.get("event_type")))
-        decided_here = len(results)
-        try:
-            await self._send_occurrences(occurrences, labels, budget, results)
-        except _TRANSIENT as exc:
-            if len(results) == decided_here:
-                raise  # HubSpot decided nothing: a whole-batch failure, so the core holds the destination back
-            # what was decided stays decided; the rest is retried
-            reason = exc.reason if isinstance(exc, RetryBatch) else describe_error(exc)
-            not_before = exc.not_before if isinstance(exc, RetryBatch) else None
-            for position in occurrences:
-                results.setdefault(position, Retry(reason, not_before))
+        await keep_decided(self._send_occurrences(occurrences, labels, budget, results), results, occurrences)
         return [results.get(i, Retry("not sent")) for i in range(len(batch))]
 
     async def _send_occurrences(
@@ -303,11 +292,10 @@ class EventSender(Sender):
         budget: RequestBudget,
         results: dict[int, Outcome],
     ) -> None:
-        requests = 0
+        plan = BatchPlan(list(occurrences), results, what="events", destination=self.destination)
 
-        async def define(name: str) -> bool:
-            nonlocal requests
-            requests += 1
+        async def define(name: str) -> None:
+            plan.count()
             sample = next(o.get("properties", {}) for n, o in occurrences.values() if n == name)
             try:
                 await self._define(name, labels.get(name, name), sample, budget)
@@ -315,58 +303,41 @@ class EventSender(Sender):
                 for position, (n, _) in occurrences.items():
                     if n == name:
                         results[position] = Rejected(f"event definition {name}: {err.message}", response=err.text)
-                return False
-            return True
 
         for name in dict.fromkeys(n for n, _ in occurrences.values()):
             if name not in self.defined:
                 await define(name)
         redefined: set[str] = set()
-        groups: list[list[int]] = [[p for p in occurrences if p not in results]]
-        while groups:
-            group = [p for p in groups.pop(0) if p not in results]
-            if not group:
-                continue
-            if requests >= MAX_REQUESTS_PER_SEND:
-                for position in group + [p for g in groups for p in g]:
-                    results.setdefault(position, Retry("HubSpot refused the batch without naming the event"))
-                return
-            requests += 1
+        while (group := plan.next()) is not None:
             inputs = [occurrences[p][1] for p in group]
             try:
                 await self.client.call("POST", SEND_PATH, operation="event send", budget=budget, body={"inputs": inputs})
             except HubSpotError as err:
+                missing = [n for n in _missing_definitions(err, group, occurrences) if n not in redefined]
+                if missing:
+                    # deleted in HubSpot since we created or saw it: create it again and resend
+                    for name in missing:
+                        redefined.add(name)
+                        self.defined.discard(name)
+                        await define(name)
+                    plan.resend(group)
+                    continue
                 named = self._named_input(err, group)
-                undefined = err.context.get("eventName")
-                if isinstance(undefined, list) and undefined:
-                    full = str(undefined[0])
-                    missing = next((n for n, o in occurrences.values() if o["eventName"] == full), None)
-                    if missing is not None and missing not in redefined:
-                        redefined.add(missing)
-                        self.defined.discard(missing)
-                        await define(missing)
-                        groups.insert(0, group)
-                        continue
-                if named is not None and _is_duplicate(err):
+                if named is None:
+                    plan.refused(group, err)
+                    continue
+                if _names_duplicate(err, occurrences[named][1].get("uuid")):
                     results[named] = Delivered()  # HubSpot already has this occurrence
-                elif named is not None:
-                    results[named] = Rejected(err.message, response=err.text)
-                elif len(group) == 1 or err.status != 400:
-                    for p in group:
-                        results[p] = Rejected(err.describe(), response=err.text)
-                    continue
                 else:
-                    half = len(group) // 2
-                    groups[:0] = [group[:half], group[half:]]
-                    continue
-                groups.insert(0, [p for p in group if p != named])
+                    results[named] = Rejected(err.message, response=err.text)
+                plan.resend(group)
                 continue
             for p in group:
                 results[p] = Delivered()
 
     @staticmethod
     def _named_input(err: HubSpotError, group: list[int]) -> int | None:
-        """The batch position of the input a 400 names (``inputs[3]: ...``), if any."""
+        """The batch position of the input an error names (``inputs[3]: ...``), if any."""
         match = _INPUT_INDEX.search(err.message)
         if match and int(match.group(1)) < len(group):
             return group[int(match.group(1))]
@@ -375,5 +346,28 @@ class EventSender(Sender):
         return None
 
 
-def _is_duplicate(err: HubSpotError) -> bool:
-    return bool(err.context.get("uuid")) or "duplicate" in err.message.lower()
+def _missing_definitions(
+    err: HubSpotError, group: list[int], occurrences: Mapping[int, tuple[str, Mapping[str, Any]]]
+) -> list[str]:
+    """Definition names HubSpot says are missing: those a 400 names in ``context.eventName``, or on
+    a 404 (naming nothing) every definition the group uses."""
+    undefined = err.context.get("eventName")
+    if isinstance(undefined, list) and undefined:
+        full = {str(n) for n in undefined}
+        return list(dict.fromkeys(occurrences[p][0] for p in group if occurrences[p][1]["eventName"] in full))
+    if err.status == 404:
+        return list(dict.fromkeys(occurrences[p][0] for p in group))
+    return []
+
+
+def _names_duplicate(err: HubSpotError, key: str | None) -> bool:
+    """Whether HubSpot refused the occurrence because it already has its uuid ``key``: the error
+    names that uuid in ``context.uuid``, or says "duplicate" and names it in the message."""
+    if not key:
+        return False
+    named = err.context.get("uuid")
+    if isinstance(named, str):
+        named = [named]
+    if isinstance(named, list) and key in (str(n) for n in named):
+        return True
+    return key in err.message and "duplicate" in err.message.lower()

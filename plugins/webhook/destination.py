@@ -62,29 +62,38 @@ class WebhookSender(Sender):
         self.template = compile_body(config.body) if config.body else None
         self.headers = {"Content-Type": "application/json", **{k: v.get() for k, v in config.headers.items()}}
 
-    def _body(self, batch: Sequence[Delivery]) -> bytes:
-        if self.template is not None:
-            rendered = [self.template.render(d.event) for d in batch]
-            return (rendered[0] if self.config.batch_size == 1 else "[" + ",".join(rendered) + "]").encode()
-        events = [d.event for d in batch]
-        return orjson.dumps(events[0] if self.config.batch_size == 1 else events)
+    def _render(self, event: dict[str, Any]) -> bytes | Rejected:
+        """The event's part of the request body, or why it cannot have one. A template can fail on
+        any value (``{{ revenue / 100 }}`` with a string): that refuses this event only."""
+        try:
+            if self.template is not None:
+                return self.template.render(event).encode()
+            return orjson.dumps(event)
+        except Exception as exc:  # noqa: BLE001 - whatever a template raises is about this event alone
+            what = "body template" if self.template is not None else "body"
+            return Rejected(f"{what}: {type(exc).__name__}: {exc}")
 
     async def send(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
-        try:
-            body = self._body(batch)
-        except jinja2.TemplateError as exc:
-            return [Rejected(f"body template: {exc}")] * len(batch)
+        rendered = [self._render(d.event) for d in batch]
+        bodies = [part for part in rendered if isinstance(part, bytes)]
+        if not bodies:
+            return [part for part in rendered if isinstance(part, Rejected)]
+        sent = await self._post(bodies[0] if self.config.batch_size == 1 else b"[" + b",".join(bodies) + b"]")
+        return [sent if isinstance(part, bytes) else part for part in rendered]
+
+    async def _post(self, body: bytes) -> Outcome:
+        """One request; the outcome of every event in it (whole-destination conditions are raised)."""
         async with self.http.request(self.config.method, self.config.url, data=body, headers=self.headers) as resp:
             text = (await resp.text(errors="replace"))[:2000]
             status = resp.status
             if 200 <= status < 300:
-                return [Delivered()] * len(batch)
+                return Delivered()
             if status in (401, 403):
                 # the configured credentials are wrong: keep every event until they are fixed
                 raise PauseDestination(f"the webhook answered {status}: check the credentials in its headers")
             if status in RETRYABLE or status >= 500:
                 raise RetryBatch(f"HTTP {status}", retry_after(resp.headers.get("Retry-After"), time.time()))
-            return [Rejected(f"HTTP {status}", response=text)] * len(batch)
+            return Rejected(f"HTTP {status}", response=text)
 
 
 class WebhookDestination(Destination):

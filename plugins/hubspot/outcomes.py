@@ -1,0 +1,93 @@
+"""What the contact and event senders share: the bound on requests per send, failures in the middle
+of a send, and isolating the inputs of a batch HubSpot refused without naming them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Iterable
+
+import aiohttp
+
+from plugins.hubspot.client import HubSpotError
+from router.destination import Outcome, Rejected, Retry, RetryBatch, describe_error
+
+log = logging.getLogger(__name__)
+
+#: requests one send() may make to HubSpot (resends, halves, event definitions); what is still
+#: undecided then is retried by the core in a later attempt
+MAX_REQUESTS_PER_SEND = 24
+#: failures in the middle of a send that make the undecided inputs retry (decided ones keep theirs)
+TRANSIENT_FAILURES = (RetryBatch, aiohttp.ClientError, asyncio.TimeoutError, OSError)
+#: answers to a batch that name no input but are worth splitting the batch for: 400 (one bad input
+#: fails them all) and 413 (too large: halves fit)
+SPLIT_STATUSES = frozenset({400, 413})
+
+
+async def keep_decided(work: Awaitable[None], results: dict[int, Outcome], pending: Iterable[int]) -> None:
+    """Await ``work``, which fills ``results``. When it fails transiently half-way, what HubSpot has
+    already decided stays decided and every other input of ``pending`` is retried; when it decided
+    nothing, the failure is raised on (a whole-batch failure: the core holds the destination back)."""
+    decided = len(results)
+    try:
+        await work
+    except TRANSIENT_FAILURES as exc:
+        if len(results) == decided:
+            raise
+        reason = exc.reason if isinstance(exc, RetryBatch) else describe_error(exc)
+        not_before = exc.not_before if isinstance(exc, RetryBatch) else None
+        for key in pending:
+            results.setdefault(key, Retry(reason, not_before))
+
+
+class BatchPlan:
+    """The requests of one send: groups of inputs (positions) still to send, resent or split in
+    halves as HubSpot answers, within :data:`MAX_REQUESTS_PER_SEND` requests."""
+
+    def __init__(self, inputs: list[int], results: dict[int, Outcome], *, what: str, destination: str) -> None:
+        self.groups: list[list[int]] = [inputs] if inputs else []
+        self.results = results
+        self.requests = 0
+        self.what = what
+        self.destination = destination
+
+    def count(self) -> None:
+        """Count a request of this send that is not a group's (e.g. creating an event definition)."""
+        self.requests += 1
+
+    def next(self) -> list[int] | None:
+        """The next group's undecided inputs, its request counted. None when nothing is left, or when
+        the send has made all its requests: every undecided input is then left to a retry."""
+        while self.groups:
+            group = [i for i in self.groups.pop(0) if i not in self.results]
+            if not group:
+                continue
+            if self.requests >= MAX_REQUESTS_PER_SEND:
+                left = group + [i for g in self.groups for i in g if i not in self.results]
+                self.groups.clear()
+                reason = (
+                    f"not sent in this attempt: it made its {MAX_REQUESTS_PER_SEND} HubSpot requests resending "
+                    "parts of the batch HubSpot refused; retried later"
+                )
+                for i in left:
+                    self.results.setdefault(i, Retry(reason))
+                log.warning("destination %s: a send made its %d HubSpot requests; %d %s left for a later attempt",
+                            self.destination, MAX_REQUESTS_PER_SEND, len(left), self.what)
+                return None
+            self.requests += 1
+            return group
+        return None
+
+    def resend(self, group: list[int]) -> None:
+        """Send the group's still undecided inputs again, next."""
+        self.groups.insert(0, group)
+
+    def refused(self, group: list[int], err: HubSpotError) -> None:
+        """HubSpot refused the group without naming an input: a 400 or 413 on several inputs is split
+        in halves (to find the bad ones, or to fit); anything else rejects the group with the answer."""
+        if len(group) > 1 and err.status in SPLIT_STATUSES:
+            half = len(group) // 2
+            self.groups[:0] = [group[:half], group[half:]]
+            return
+        for i in group:
+            self.results[i] = Rejected(err.describe(), response=err.text)
