@@ -121,7 +121,7 @@ class Router:
             return error_response(404, "admin endpoints are off: set server.admin_token")
         given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         given = given or request.headers.get("X-Admin-Token", "")
-        if not hmac.compare_digest(given.encode(), admin.get().encode()):
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), admin.get().encode()):
             return error_response(401, "admin token required (Authorization: Bearer ...)")
         stats = await self.queue.stats()
         now = time.time()
@@ -164,7 +164,8 @@ def build_app(config: RouterConfig, plugins: PluginManager) -> web.Application:
         client_max_size=config.server.max_body_bytes,
         middlewares=[json_errors],
         # tracking-pixel URLs carry the event: allow long request lines
-        handler_args={"max_line_size": 65536, "max_field_size": 16384},
+        # and bodies are decoded by ingest itself, so a bad Content-Encoding gets a JSON answer
+        handler_args={"max_line_size": 65536, "max_field_size": 16384, "auto_decompress": False},
     )
     router = Router(config, plugins)
     app[ROUTER] = router

@@ -199,15 +199,17 @@ class Ingest:
     ) -> web.Response:
         now = datetime.datetime.now(datetime.UTC)
         ip = self._client_ip(request)
-        agent = request.headers.get("User-Agent")
+        agent = _clean(request.headers.get("User-Agent"))
         destinations = self.routes.get(token.key.id, ())
         batch = []
         for i, event in enumerate(events):
             dedup_id = enrich(event, token.key.id, now=now, ip=ip, user_agent=agent, src=src)
             try:
                 payload = orjson.dumps(event)
-            except TypeError:  # orjson refuses what it cannot write back, e.g. nesting past 254 levels
-                raise IngestError(400, f"event {i} is nested too deeply to store", "too_deep") from None
+            except TypeError as exc:  # orjson refuses what it cannot write back
+                if "recursion" in str(exc).lower():
+                    raise IngestError(400, f"event {i} is nested too deeply to store (254 levels)", "too_deep") from None
+                raise IngestError(400, f"event {i} cannot be stored: {exc}", "invalid_event") from None
             batch.append(
                 NewEvent(
                     payload=payload,
@@ -231,10 +233,10 @@ class Ingest:
     def _client_ip(self, request: web.Request) -> str:
         remote = request.remote or ""
         if self.trusted and _in_networks(remote, self.trusted):
-            forwarded = request.headers.get("X-Forwarded-For")
+            forwarded = _clean(request.headers.get("X-Forwarded-For"))
             if forwarded:
                 return forwarded.split(",")[0].strip()
-            real = request.headers.get("X-Real-IP")
+            real = _clean(request.headers.get("X-Real-IP"))
             if real:
                 return real.strip()
         return remote
@@ -303,12 +305,30 @@ def parse_ndjson(body: bytes) -> list[dict[str, Any]]:
     return events
 
 
+def _clean(header: str | None) -> str | None:
+    """A header as valid text: bytes that are not UTF-8 become U+FFFD instead of breaking the event."""
+    if header is None:
+        return None
+    return header.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 async def read_body(request: web.Request) -> bytes:
-    """The request body, decoded per its Content-Encoding; an undecodable one is the client's mistake."""
+    """The request body, decoded per its Content-Encoding (gzip, deflate); the rest is refused."""
     try:
-        return await request.read()
+        raw = await request.read()
     except web.RequestPayloadError as exc:
         raise IngestError(400, f"the body could not be read: {str(exc).splitlines()[-1].strip()}", "bad_body") from None
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return raw
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        raise IngestError(415, f"Content-Encoding {encoding!r} is not supported (use gzip or deflate)", "bad_encoding")
+    limit = request.app[MAX_BODY] * 50
+    wbits = 16 + zlib.MAX_WBITS if encoding != "deflate" else (zlib.MAX_WBITS if raw[:1] == b"\x78" else -zlib.MAX_WBITS)
+    try:
+        return _inflate(raw, limit, wbits)
+    except (zlib.error, OSError):
+        raise IngestError(400, f"the body is not valid {encoding}", "bad_body") from None
 
 
 async def _read_bulk_body(request: web.Request) -> bytes:
@@ -320,8 +340,8 @@ async def _read_bulk_body(request: web.Request) -> bytes:
     # a transport Content-Encoding was already undone by read_body; this is a gzipped file
     if data[:2] == b"\x1f\x8b":
         try:
-            data = _gunzip(data, limit * 50)
-        except (OSError, EOFError, zlib.error):
+            data = _inflate(data, limit * 50, 16 + zlib.MAX_WBITS)
+        except (OSError, zlib.error):
             raise IngestError(400, "the upload is not valid gzip", "invalid_gzip") from None
     return data
 
@@ -340,13 +360,14 @@ async def _read_file_part(request: web.Request) -> bytes:
     raise IngestError(400, "multipart upload without a file field", "empty_body")
 
 
-def _gunzip(data: bytes, limit: int) -> bytes:
-    inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+def _inflate(data: bytes, limit: int, wbits: int) -> bytes:
+    """Decompress at most ``limit`` bytes (a zip bomb gets 413, not all our memory)."""
+    inflater = zlib.decompressobj(wbits)
     out = inflater.decompress(data, limit + 1)
     if len(out) > limit:
-        raise IngestError(413, f"the decompressed upload is over {limit} bytes", "too_large")
+        raise IngestError(413, f"the decompressed body is over {limit} bytes", "too_large")
     if not inflater.eof:
-        raise OSError("truncated gzip")
+        raise OSError("truncated")
     return out
 
 
@@ -389,7 +410,10 @@ def origin_allowed(origin: str, patterns: list[str]) -> bool:
     """An empty list allows every origin; patterns match the host (``*.example.com``) or the whole origin."""
     if not patterns:
         return True
-    host = urlsplit(origin).hostname or origin
+    try:
+        host = urlsplit(origin).hostname or origin
+    except ValueError:  # not a URL at all
+        return False
     for pattern in patterns:
         target = origin if "://" in pattern else host
         if pattern == "*" or fnmatch.fnmatchcase(target, pattern):

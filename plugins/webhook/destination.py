@@ -78,8 +78,16 @@ class WebhookSender(Sender):
         bodies = [part for part in rendered if isinstance(part, bytes)]
         if not bodies:
             return [part for part in rendered if isinstance(part, Rejected)]
-        sent = await self._post(bodies[0] if self.config.batch_size == 1 else b"[" + b",".join(bodies) + b"]")
-        return [sent if isinstance(part, bytes) else part for part in rendered]
+        outcomes = iter(await self._post_all(bodies))
+        return [next(outcomes) if isinstance(part, bytes) else part for part in rendered]
+
+    async def _post_all(self, bodies: list[bytes]) -> list[Outcome]:
+        """Send rendered events in one request; if the receiver says it is too large (413), in halves."""
+        outcome = await self._post(bodies[0] if self.config.batch_size == 1 else b"[" + b",".join(bodies) + b"]")
+        if isinstance(outcome, Rejected) and outcome.reason == "HTTP 413" and len(bodies) > 1:
+            half = len(bodies) // 2
+            return await self._post_all(bodies[:half]) + await self._post_all(bodies[half:])
+        return [outcome] * len(bodies)
 
     async def _post(self, body: bytes) -> Outcome:
         """One request; the outcome of every event in it (whole-destination conditions are raised)."""
