@@ -18,8 +18,15 @@ run: $(STAMP)  ## the demo: a local HubSpot plus the router on configs/demo.yaml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
-bench: $(STAMP)
-	$(BIN)/python bench/run.py
+bench: $(STAMP)  ## P1-P5; P1 needs wrk (apt-get install wrk)
+	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/hubspot_efficiency.py
+	$(BIN)/python bench/delivery.py latency
+	$(BIN)/python bench/delivery.py memory
+
+soak: $(STAMP)  ## the long versions: 20 SIGKILL cycles, a 5M-event backlog
+	ROUTER_SOAK_CYCLES=20 $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_reliability_crash.py
+	$(BIN)/python bench/delivery.py memory --events 5000000 --small 1000000
 
 clean:
 	rm -rf $(VENV) data .pytest_cache

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -137,8 +138,9 @@ async def serve(config: RouterConfig, plugins: PluginManager, ready: asyncio.Eve
     received = sum(s.value for m in router.metrics.received.collect() for s in m.samples if s.name.endswith("_total"))
     delivered = sum(d.counts["delivered"] for d in router.dispatchers.values())
     pending = sum(router.queue.depth(n) for n in config.destinations)
-    print(f"router stopped in {time.monotonic() - started:.1f}s: received {int(received)}, delivered {delivered}, "
-          f"{pending} waiting in the queue for the next start", flush=True)
+    with contextlib.suppress(OSError):  # whoever read our output may be gone already
+        print(f"router stopped in {time.monotonic() - started:.1f}s: received {int(received)}, delivered {delivered}, "
+              f"{pending} waiting in the queue for the next start", flush=True)
     return 0
 
 
