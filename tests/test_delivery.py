@@ -43,13 +43,14 @@ async def test_only_tokens_routes_each_key_to_its_destinations(start_router, rec
     assert sorted(receiver2.ids()) == ["from-app", "from-web"]
 
 
+def with_template(tmp_path, receiver, template: str) -> str:
+    """The webhook config with a data_layout.table_name_template."""
+    layout = f'data_layout:\n  table_name_template: "{template}"\n'
+    return webhook_config(tmp_path, receiver.url).rstrip("\n") + "\n" + textwrap.indent(layout, "    ")
+
+
 async def test_template_skips_are_counted_not_failed(start_router, receiver, tmp_path):
-    extra = """
-      data_layout:
-        table_name_template: "{% if event_type == 'page_view' %}pages{% endif %}"
-    """
-    config = webhook_config(tmp_path, receiver.url).rstrip("\n") + textwrap.indent(textwrap.dedent(extra), "    ")
-    router = await start_router(config)
+    router = await start_router(with_template(tmp_path, receiver, "{% if event_type == 'page_view' %}pages{% endif %}"))
     events = [{**TRACK, "event_id": "kept"}, {"event_type": "click", "event_id": "dropped"}]
     assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
     await receiver.wait_for(1)
@@ -204,12 +205,7 @@ async def test_a_send_past_the_attempt_timeout_is_retried(start_router, receiver
 
 
 async def test_a_template_that_fails_for_an_event_dead_letters_it_with_the_reason(start_router, receiver, tmp_path):
-    extra = """
-      data_layout:
-        table_name_template: "{{ user.email }}"
-    """
-    config = webhook_config(tmp_path, receiver.url).rstrip("\n") + textwrap.indent(textwrap.dedent(extra), "    ")
-    router = await start_router(config)
+    router = await start_router(with_template(tmp_path, receiver, "{{ user.email }}"))
     events = [{**TRACK, "event_id": "has-user"}, {"event_type": "anon", "event_id": "no-user"}]
     assert (await router.post("/api/v1/events?token=js.secret.1", events))[0] == 200
     await receiver.wait_for(1)

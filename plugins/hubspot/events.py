@@ -163,14 +163,18 @@ class EventSender(Sender):
             raise RetryBatch(first.reason, first.not_before)
         return outcomes
 
+    def _revenue(self, event: Mapping[str, Any]) -> str | None:
+        """``/revenue``, else ``/conversion/revenue``, as HubSpot number text; a bad value is dropped."""
+        try:
+            return revenue_of(event)
+        except InvalidValue:
+            self._drop("revenue", INVALID_VALUE)
+            return None
+
     def tracker_query(self, event: Mapping[str, Any], email: str) -> str:
         """The tracker's query string, encoded (everything but ``@ - _ .`` in the email)."""
         pairs: list[tuple[str, str]] = [("_a", self.hub_id), ("_n", str(event.get("event_type") or "")), ("email", email)]
-        try:
-            revenue = revenue_of(event)
-        except InvalidValue:
-            revenue = None
-            self._drop("revenue", INVALID_VALUE)
+        revenue = self._revenue(event)
         if revenue is not None:
             pairs.append(("_m", revenue))
         properties = self.catalog.contact_properties(user_properties(event))
@@ -218,11 +222,7 @@ class EventSender(Sender):
     def event_properties(self, event: Mapping[str, Any]) -> dict[str, str]:
         """Revenue plus the event's own top-level values, under HubSpot's name and value rules."""
         properties: dict[str, str] = {}
-        try:
-            revenue = revenue_of(event)
-        except InvalidValue:
-            revenue = None
-            self._drop("revenue", INVALID_VALUE)
+        revenue = self._revenue(event)
         if revenue is not None:
             properties["revenue"] = revenue
         for key, value in event.items():
