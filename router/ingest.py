@@ -154,10 +154,13 @@ class Ingest:
     def _authenticate(self, request: web.Request, *, server_only: bool, fallback: Any = None) -> Token:
         if not self.accepting:
             raise IngestError(503, "the router is shutting down", "shutting_down")
-        candidates = list(_token_candidates(request, fallback))
-        if not candidates:
+        token, seen = None, False
+        for value in _token_candidates(request, fallback):
+            seen = True
+            if (token := self.tokens.get(value)) is not None:
+                break
+        if not seen:
             raise IngestError(401, "missing token: pass ?token=, X-Auth-Token or api_key", "no_token")
-        token = self._find_token(request, fallback)
         if token is None:
             raise IngestError(401, "unknown token", "bad_token")
         if server_only and token.kind != "server":
@@ -197,7 +200,7 @@ class Ingest:
         self, request: web.Request, token: Token, events: list[dict[str, Any]], *, src: str,
         headers: dict[str, str] | None = None,
     ) -> web.Response:
-        now = datetime.datetime.now(datetime.UTC)
+        now = datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z")
         ip = self._client_ip(request)
         agent = _clean(request.headers.get("User-Agent"))
         destinations = self.routes.get(token.key.id, ())
@@ -383,14 +386,13 @@ def _first_id(event: dict[str, Any]) -> str:
     return ""
 
 
-def enrich(
-    event: dict[str, Any], key_id: str, *, now: datetime.datetime, ip: str, user_agent: str | None, src: str
-) -> str:
-    """Add the server-side fields in place. Returns the client-supplied event id, or ""."""
+def enrich(event: dict[str, Any], key_id: str, *, now: str, ip: str, user_agent: str | None, src: str) -> str:
+    """Add the server-side fields in place (``now``: the receive time, ISO 8601 UTC). Returns the
+    client-supplied event id, or ""."""
     client_id = _first_id(event)
     event["eventn_ctx_event_id"] = client_id or str(uuid.uuid4())
     if not event.get("_timestamp"):
-        event["_timestamp"] = now.isoformat().replace("+00:00", "Z")
+        event["_timestamp"] = now
     if not event.get("source_ip") and ip:
         event["source_ip"] = ip
     if user_agent:
