@@ -160,7 +160,7 @@ async def main(n: int, backlog: int, window: float) -> None:
         total = result["api_requests"]
         share = 100 * result["statuses"].get(429, 0) / total
         # a run shorter than a window never meets the ceiling: the first 100 requests may burst
-        used = f"{100 * total / (result['seconds'] / window * 100):.0f} %" if total > 100 else "below"
+        used = f"{100 * total / (result['seconds'] / window * 100):.0f} %" if total > 100 else "(below the ceiling, none)"
         print(f"contacts_api {contacts_api}: {total} API requests, {result['statuses'].get(429, 0)} answered 429 "
               f"({share:.2f} %), {result['contacts']} contacts, {result['seconds']:.1f}s "
               f"(= {result['seconds'] * squeeze / 60:.1f} min at the real 10 s window); "

@@ -55,6 +55,12 @@ class RateLimiter:
         while len(self._starts) < used:
             self._starts.append(now)
 
+    def saturate(self) -> float:
+        """The remote side says its window is full: count ours full too (requests we did not see
+        are taken as just made). Returns the seconds until one more request fits."""
+        self.observe_remaining(0)
+        return self._delay()
+
     def pause_until(self, until: float, reason: str) -> None:
         """Send nothing before ``until`` (in this limiter's clock)."""
         if until > self._paused_until:

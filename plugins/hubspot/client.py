@@ -242,7 +242,11 @@ class HubSpotClient:
             wait = _seconds(headers.get("Retry-After"))
             if wait is None:
                 interval = _int(headers.get("X-HubSpot-RateLimit-Interval-Milliseconds"))
-                wait = interval / 1000 if interval else float(self.limiter.window)
+                if interval:
+                    self.limiter.window = interval / 1000
+                # the window is rolling: wait until our oldest request in it leaves (at least a tenth
+                # of a window, for the difference between HubSpot's clock and ours), not a whole window
+                wait = max(self.limiter.saturate(), self.limiter.window / 10)
             reason = f"rate limited by HubSpot (429 {policy or 'TOO_MANY_REQUESTS'})"
             self.limiter.pause_until(self.limiter.clock() + wait, reason)
             log.warning("destination %s: %s; pausing requests for %.3gs", self.destination, reason, wait)
