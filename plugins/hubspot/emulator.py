@@ -663,6 +663,7 @@ class Emulator:
             if fault.count is not None:
                 fault.count -= 1
             if fault.latency:
+                await request.read()  # HubSpot has the request; only its answer is late
                 await asyncio.sleep(fault.latency)
             if fault.reset:
                 return None

@@ -26,7 +26,8 @@ from router.destination import (
 
 from plugins.webhook.config import WebhookConfig
 
-RETRYABLE = frozenset({408, 425, 429})
+#: answers that mean "later": timeout, too early, locked, rate limited (and any 5xx)
+RETRYABLE = frozenset({408, 423, 425, 429})
 _env = jinja2.sandbox.ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 _env.filters["tojson"] = lambda value: orjson.dumps(value).decode()
 
@@ -99,8 +100,10 @@ class WebhookSender(Sender):
             if status in (401, 403):
                 # the configured credentials are wrong: keep every event until they are fixed
                 raise PauseDestination(f"the webhook answered {status}: check the credentials in its headers")
-            if status in RETRYABLE or status >= 500:
-                raise RetryBatch(f"HTTP {status}", retry_after(resp.headers.get("Retry-After"), time.time()))
+            # a receiver that says when to come back (e.g. 477 with Retry-After) is asking for a retry
+            not_before = retry_after(resp.headers.get("Retry-After"), time.time())
+            if status in RETRYABLE or status >= 500 or not_before is not None:
+                raise RetryBatch(f"HTTP {status}", not_before)
             return Rejected(f"HTTP {status}", response=text)
 
 
