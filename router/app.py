@@ -68,7 +68,7 @@ class Router:
             sessions.append(session)
             context = DestinationContext(
                 name=name, data_dir=os.path.join(self.config.storage.path, name), http=session,
-                metrics_registry=self.metrics.registry,
+                metrics_registry=self.metrics.registry, delivery=dconf.delivery,
             )
             destination = dtype.factory(dconf.config, context)
             dispatcher = Dispatcher(dconf, destination, self.queue, self.plugins.hook, self.metrics)

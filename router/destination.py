@@ -140,6 +140,8 @@ class DestinationContext:
     http: Any
     #: a Prometheus registry for the destination's own metrics
     metrics_registry: Any = None
+    #: the destination's ``delivery:`` settings (batch size, timeout, ...), for sanity checks
+    delivery: Any = None
 
 
 class Destination(abc.ABC):

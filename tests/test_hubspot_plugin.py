@@ -673,3 +673,13 @@ async def test_an_unreachable_hubspot_at_start_keeps_events_queued_until_it_answ
         assert list(emulator.contacts) == ["late@example.com"]
     finally:
         await runner.cleanup()
+
+
+async def test_delivery_settings_that_undercut_hubspot_are_named_at_start(start_router, hubspot, tmp_path, caplog):
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3\ntimeout: 30s")
+    config = config.replace("batch_size: 500", "batch_size: 100")
+    with caplog.at_level(logging.WARNING, logger="plugins.hubspot.destination"):
+        await start_router(config)
+    messages = [r.getMessage() for r in caplog.records if r.name == "plugins.hubspot.destination"]
+    assert any("delivery.batch_size 100 caps v3 event requests below events_batch_size 500" in m for m in messages)
+    assert any("hubspot.timeout (30s) is not shorter than delivery.timeout (30s)" in m for m in messages)

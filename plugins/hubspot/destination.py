@@ -49,6 +49,24 @@ class HubSpotDestination(Destination):
             destination=context.name,
         )
 
+        if context.delivery is not None:
+            self._check_delivery(context.delivery)
+
+    def _check_delivery(self, delivery: Any) -> None:
+        """Say so at start when the core's delivery settings undercut this destination's."""
+        if self.config.events_api == "v3" and delivery.batch_size < self.config.events_batch_size:
+            log.warning(
+                "destination %s: delivery.batch_size %d caps v3 event requests below events_batch_size %d; "
+                "set delivery.batch_size: %d for the fewest requests",
+                self.name, delivery.batch_size, self.config.events_batch_size, self.config.events_batch_size,
+            )
+        if self.config.timeout >= delivery.timeout:
+            log.warning(
+                "destination %s: hubspot.timeout (%gs) is not shorter than delivery.timeout (%gs): a send cut "
+                "off by the core loses the answers HubSpot already gave, and resends cost requests",
+                self.name, self.config.timeout, delivery.timeout,
+            )
+
     def sender_for(self, event: Event) -> Sender:
         return self.contacts if is_identify(event) else self.events
 
