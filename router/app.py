@@ -111,7 +111,7 @@ class Router:
         return web.json_response({"status": status, "uptime_seconds": round(time.time() - self.started_at, 1)})
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
-        stats = await self.queue.stats()
+        stats = await self.queue.stats(exact=False)
         self.metrics.set_queue_stats(list(self.config.destinations), stats)
         return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
 
@@ -123,7 +123,7 @@ class Router:
         given = given or request.headers.get("X-Admin-Token", "")
         if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), admin.get().encode()):
             return error_response(401, "admin token required (Authorization: Bearer ...)")
-        stats = await self.queue.stats()
+        stats = await self.queue.stats(exact=False)
         now = time.time()
         out: dict[str, Any] = {}
         for name, dispatcher in self.dispatchers.items():

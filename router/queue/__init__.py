@@ -109,8 +109,10 @@ class Queue(abc.ABC):
         """Undelivered records of a destination, from memory (cheap enough for every loop turn)."""
 
     @abc.abstractmethod
-    async def stats(self) -> dict[str, DepthStats]:
-        """Depth, oldest age and dead-letter count per destination."""
+    async def stats(self, *, exact: bool = True) -> dict[str, DepthStats]:
+        """Depth, oldest age and dead-letter count per destination. ``exact=False`` takes depths from
+        this process's running counts (cheap, for every scrape) instead of counting stored records
+        (what another process, e.g. ``router dlq``, needs)."""
 
     @abc.abstractmethod
     async def dead_letters(self, destination: str, limit: int = 100, offset: int = 0) -> list[DeadLetter]:

@@ -102,6 +102,11 @@ class SQLiteQueue(Queue):
         if self.max_bytes:
             page_size = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(16, self.max_bytes // page_size)}")
+            # keep the write-ahead log within a tenth of the limit too (it is checkpointed and
+            # truncated back to this size), so the files on disk stay near max_bytes
+            wal_bytes = max(64 * 1024, self.max_bytes // 10)
+            db.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_bytes // page_size)}")
+            db.execute(f"PRAGMA journal_size_limit = {wal_bytes}")
         released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount
         if released:
             log.info("released %d records leased by a previous process; they will be delivered again", released)
@@ -319,12 +324,14 @@ class SQLiteQueue(Queue):
         """Undelivered records of a destination (in memory, no disk access)."""
         return self._depth.get(destination, 0)
 
-    async def stats(self) -> dict[str, DepthStats]:
-        return await self._run(self._stats_sync)
+    async def stats(self, *, exact: bool = True) -> dict[str, DepthStats]:
+        counts = None if exact else {name: n for name, n in self._depth.items() if n}
+        return await self._run(self._stats_sync, counts)
 
-    def _stats_sync(self) -> dict[str, DepthStats]:
+    def _stats_sync(self, counts: dict[str, int] | None) -> dict[str, DepthStats]:
         db = self._conn()
-        counts = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination"))
+        if counts is None:
+            counts = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination"))
         dead = dict(db.execute("SELECT destination, COUNT(*) FROM dead_letters GROUP BY destination"))
         out = {}
         for name in set(counts) | set(dead):
