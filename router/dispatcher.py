@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import time
 from collections import Counter
@@ -40,6 +41,8 @@ log = logging.getLogger(__name__)
 
 #: how often an idle dispatcher looks for records added by another process (`router dlq replay`)
 POLL_INTERVAL = 1.0
+#: the furthest ahead a destination may push a retry (a day: HubSpot's daily limit resets within one)
+MAX_NOT_BEFORE = 86400.0
 
 
 class Dispatcher:
@@ -172,10 +175,12 @@ class Dispatcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._work.wait(), timeout=remaining)
             self._work.clear()
+            self._set_idle()  # a drain() that woke us is answered: nothing will be sent before the deadline
 
     async def _wait_for_work(self) -> None:
         """Until new records may be ready: a notification, the next retry time, or the poll interval."""
         timeout = POLL_INTERVAL
+        self._work.clear()  # a notification from here on wakes the wait below
         try:
             ready_at = await self.queue.next_ready_at(self.name)
         except Exception:
@@ -183,9 +188,8 @@ class Dispatcher:
             ready_at = None
         if ready_at is not None:
             timeout = min(timeout, max(0.0, ready_at - self.clock()))
-        if timeout <= 0:
+        if timeout <= 0 or self._stopping:
             return
-        self._work.clear()
         try:
             await asyncio.wait_for(self._work.wait(), timeout=timeout)
         except TimeoutError:
@@ -256,26 +260,32 @@ class Dispatcher:
 
         # the last moment a chunk may start and still finish within the lease
         send_by = leased_at + self.delivery.lease_timeout - self.delivery.timeout
+        first = True
         for sender, deliveries in by_sender.values():
             size = max(1, min(sender.max_batch, self.delivery.batch_size))
             for start in range(0, len(deliveries), size):
                 chunk = deliveries[start : start + size]
-                if self._held() or self.clock() > send_by:
-                    # paused, held back after a failure, or out of lease time: the rest goes back
+                if self._held() or (not first and self.clock() > send_by):
+                    # paused, held back, rate limited or out of lease time: the rest goes back
                     # untouched, without an attempt counted
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
                     continue
-                for delivery, outcome in zip(chunk, await self._send(sender, chunk), strict=True):
+                first = False
+                for delivery, outcome in zip(chunk, await self._send(sender, chunk, send_by), strict=True):
                     outcomes[delivery.record_id] = outcome
 
         await self._apply(records, outcomes)
 
     def _held(self) -> bool:
-        return self.state == "paused" or self._hold_until > self.clock()
+        """Paused, held back after a failure, or waiting out a rate-limit pause (e.g. a daily limit)."""
+        limited = self._limiter is not None and self._limiter.paused_for > 0
+        return self.state == "paused" or self._hold_until > self.clock() or limited
 
-    async def _send(self, sender: Sender, chunk: Sequence[Delivery]) -> Sequence[Outcome]:
+    async def _send(self, sender: Sender, chunk: Sequence[Delivery], send_by: float) -> Sequence[Outcome]:
         if self._limiter is not None and sender.rate_limited:
             await self._limiter.acquire()
+            if self.clock() > send_by:  # waited out the lease: another lease may own these now
+                return [_PAUSED] * len(chunk)
         try:
             result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
         except PauseDestination as exc:
@@ -306,7 +316,7 @@ class Dispatcher:
         before the destination's own "not before"."""
         self._failures_in_row += 1
         hold = self.clock() + self._backoff(self._failures_in_row - 1)
-        self._hold_until = max(self._hold_until, hold, retry.not_before or 0.0)
+        self._hold_until = max(self._hold_until, hold, self._bounded(retry.not_before))
         self.last_error = retry.reason
         return [retry] * len(chunk)
 
@@ -341,7 +351,7 @@ class Dispatcher:
                     continue
                 not_before = now + self._backoff(record.attempts)
                 if outcome.not_before is not None:
-                    not_before = max(not_before, outcome.not_before)
+                    not_before = max(not_before, self._bounded(outcome.not_before))
                 reschedule.append((record.id, not_before, outcome.reason))
                 self.counts["retried"] += 1
                 self.metrics.retried.labels(self.name).inc()
@@ -355,6 +365,12 @@ class Dispatcher:
         self.last_error = reason
         self.metrics.failed.labels(self.name, kind).inc()
         log.warning("destination %s: event dead-lettered: %s", self.name, reason)
+
+    def _bounded(self, not_before: float | None) -> float:
+        """A destination's "not before", at most a day ahead (a Retry-After of years is a mistake)."""
+        if not_before is None or not math.isfinite(not_before):
+            return 0.0
+        return min(not_before, self.clock() + MAX_NOT_BEFORE)
 
     def _backoff(self, attempts: int) -> float:
         """Capped exponential backoff with full jitter."""

@@ -358,20 +358,30 @@ async def _read_file_part(request: web.Request) -> bytes:
                 data = bytes(await part.read(decode=True))
                 if data:
                     return data
-    except (ValueError, AssertionError, RuntimeError, LookupError, HttpProcessingError, web.RequestPayloadError) as exc:
+    except (
+        ValueError, AssertionError, RuntimeError, LookupError, OSError, zlib.error, HttpProcessingError,
+        web.RequestPayloadError,
+    ) as exc:
         raise IngestError(400, f"malformed multipart upload ({type(exc).__name__})", "bad_multipart") from None
     raise IngestError(400, "multipart upload without a file field", "empty_body")
 
 
 def _inflate(data: bytes, limit: int, wbits: int) -> bytes:
-    """Decompress at most ``limit`` bytes (a zip bomb gets 413, not all our memory)."""
-    inflater = zlib.decompressobj(wbits)
-    out = inflater.decompress(data, limit + 1)
-    if len(out) > limit:
-        raise IngestError(413, f"the decompressed body is over {limit} bytes", "too_large")
-    if not inflater.eof:
-        raise OSError("truncated")
-    return out
+    """Decompress at most ``limit`` bytes (a zip bomb gets 413, not all our memory). A gzip body
+    may hold several members one after another; each is read."""
+    out = b""
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        out += inflater.decompress(data, limit + 1 - len(out))
+        if len(out) > limit:
+            raise IngestError(413, f"the decompressed body is over {limit} bytes", "too_large")
+        if not inflater.eof:
+            raise OSError("truncated")
+        data = inflater.unused_data
+        if not data:
+            return out
+        if wbits != 16 + zlib.MAX_WBITS:
+            raise OSError("trailing bytes after the compressed body")
 
 
 def _first_id(event: dict[str, Any]) -> str:

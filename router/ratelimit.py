@@ -49,6 +49,7 @@ class RateLimiter:
         """The remote side says only ``remaining`` requests are left in its current window."""
         if window:
             self.window = window
+        self._delay()  # forget requests that already left the window
         used = self.limit - max(0, remaining)
         now = self.clock()
         # count requests we do not know about (another client of the same account) as just made

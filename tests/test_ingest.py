@@ -151,3 +151,14 @@ async def test_tracking_pixel(start_router, receiver, tmp_path):
         assert resp.content_type == "image/gif"
     await receiver.wait_for(1)
     assert receiver.ids() == ["px1"]
+
+
+async def test_a_gzip_upload_of_several_members_keeps_every_event(start_router, receiver, tmp_path):
+    router = await start_router(webhook_config(tmp_path, receiver.url))
+    first = gzip.compress(b'{"event_type":"bulk","event_id":"m1"}\n')
+    second = gzip.compress(b'{"event_type":"bulk","event_id":"m2"}\n')
+    status, _ = await router.post("/api/v1/events/bulk?token=s2s.secret.1", data=first + second,
+                                  headers={"Content-Encoding": "gzip"})
+    assert status == 200
+    await receiver.wait_for(2)
+    assert sorted(receiver.ids()) == ["m1", "m2"]

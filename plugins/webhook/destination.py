@@ -20,6 +20,7 @@ from router.destination import (
     Outcome,
     PauseDestination,
     Rejected,
+    Retry,
     RetryBatch,
     Sender,
 )
@@ -87,7 +88,12 @@ class WebhookSender(Sender):
         outcome = await self._post(bodies[0] if self.config.batch_size == 1 else b"[" + b",".join(bodies) + b"]")
         if isinstance(outcome, Rejected) and outcome.reason == "HTTP 413" and len(bodies) > 1:
             half = len(bodies) // 2
-            return await self._post_all(bodies[:half]) + await self._post_all(bodies[half:])
+            first = await self._post_all(bodies[:half])
+            try:
+                second = await self._post_all(bodies[half:])
+            except RetryBatch as exc:  # keep what the first half delivered; retry only the rest
+                second = [Retry(exc.reason, exc.not_before)] * (len(bodies) - half)
+            return first + second
         return [outcome] * len(bodies)
 
     async def _post(self, body: bytes) -> Outcome:
@@ -104,7 +110,14 @@ class WebhookSender(Sender):
             not_before = retry_after(resp.headers.get("Retry-After"), time.time())
             if status in RETRYABLE or status >= 500 or not_before is not None:
                 raise RetryBatch(f"HTTP {status}", not_before)
-            return Rejected(f"HTTP {status}", response=text)
+            return Rejected(f"HTTP {status}", response=self._redact(text))
+
+    def _redact(self, text: str) -> str:
+        """A receiver's answer as kept in dead letters, without the configured header values."""
+        for value in self.config.headers.values():
+            if value.get():
+                text = text.replace(value.get(), "***")
+        return text
 
 
 class WebhookDestination(Destination):

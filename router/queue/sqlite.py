@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS seen_ids (
 
 #: the most events one group commit takes; the rest wait for the next one
 MAX_GROUP = 5000
+#: how often (seconds) ``stats(exact=False)`` counts the stored records instead of trusting its counts
+DEPTH_RECOUNT = 60.0
 
 
 class SQLiteQueue(Queue):
@@ -79,6 +81,7 @@ class SQLiteQueue(Queue):
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._depth: dict[str, int] = {}
+        self._depth_checked = 0.0
         self._last_purge = 0.0
         self._closing = False
 
@@ -180,7 +183,7 @@ class SQLiteQueue(Queue):
     def _count(self, changes: dict[str, int]) -> None:
         """Apply depth changes (on the event loop, the only place that reads them)."""
         for destination, n in changes.items():
-            self._depth[destination] = self._depth.get(destination, 0) + n
+            self._depth[destination] = max(0, self._depth.get(destination, 0) + n)
 
     def _commit_group(self, groups: list[Sequence[NewEvent]]) -> tuple[list[int], dict[str, int]]:
         db = self._conn()
@@ -325,8 +328,15 @@ class SQLiteQueue(Queue):
         return self._depth.get(destination, 0)
 
     async def stats(self, *, exact: bool = True) -> dict[str, DepthStats]:
+        # the running counts miss what another process (``router dlq replay``) adds: count the
+        # stored records now and then and start again from there
+        exact = exact or self.clock() - self._depth_checked > DEPTH_RECOUNT
         counts = None if exact else {name: n for name, n in self._depth.items() if n}
-        return await self._run(self._stats_sync, counts)
+        stats = await self._run(self._stats_sync, counts)
+        if exact:
+            self._depth = {name: s.depth for name, s in stats.items()}
+            self._depth_checked = self.clock()
+        return stats
 
     def _stats_sync(self, counts: dict[str, int] | None) -> dict[str, DepthStats]:
         db = self._conn()
