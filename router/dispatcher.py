@@ -17,6 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import attrs
 import orjson
 
 from router.config import DestinationConfig
@@ -110,11 +111,7 @@ class Dispatcher:
                 if self._stopping:
                     break
                 self.state = "probing"
-            hold = self._hold_until - self.clock()
-            if self._limiter is not None:
-                # e.g. a daily limit: lease nothing until it lifts, rather than hold leased records
-                hold = max(hold, self._limiter.paused_for)
-            if hold > 0:
+            if (hold := self._hold_until - self.clock()) > 0:
                 self._set_idle()
                 await self._sleep_unless_stopping(hold)
                 continue
@@ -266,9 +263,14 @@ class Dispatcher:
             for start in range(0, len(deliveries), size):
                 chunk = deliveries[start : start + size]
                 if self._held() or (not first and self.clock() > send_by):
-                    # paused, held back, rate limited or out of lease time: the rest goes back
+                    # paused, held back after a failure or out of lease time: the rest goes back
                     # untouched, without an attempt counted
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
+                    continue
+                if sender.rate_limited and self._limiter is not None and (wait := self._limiter.paused_for) > 0:
+                    # the rate budget is paused (e.g. a daily limit): these wait for it, untouched,
+                    # while events of senders outside the budget keep flowing
+                    outcomes.update((d.record_id, _Deferred(self.clock() + wait)) for d in chunk)
                     continue
                 first = False
                 for delivery, outcome in zip(chunk, await self._send(sender, chunk, send_by), strict=True):
@@ -277,9 +279,8 @@ class Dispatcher:
         await self._apply(records, outcomes)
 
     def _held(self) -> bool:
-        """Paused, held back after a failure, or waiting out a rate-limit pause (e.g. a daily limit)."""
-        limited = self._limiter is not None and self._limiter.paused_for > 0
-        return self.state == "paused" or self._hold_until > self.clock() or limited
+        """Paused, or held back after a failure."""
+        return self.state == "paused" or self._hold_until > self.clock()
 
     async def _send(self, sender: Sender, chunk: Sequence[Delivery], send_by: float) -> Sequence[Outcome]:
         if self._limiter is not None and sender.rate_limited:
@@ -324,12 +325,15 @@ class Dispatcher:
         now = self.clock()
         ack: list[int] = []
         release: list[int] = []
+        deferred: list[tuple[int, float]] = []
         reschedule: list[tuple[int, float, str]] = []
         dead: list[tuple[int, str, str | None]] = []
         for record in records:
             outcome = outcomes.get(record.id, _PAUSED)
             if outcome is _PAUSED:
                 release.append(record.id)
+            elif isinstance(outcome, _Deferred):
+                deferred.append((record.id, outcome.until))
             elif isinstance(outcome, Delivered):
                 ack.append(record.id)
                 self.counts["delivered"] += 1
@@ -357,6 +361,8 @@ class Dispatcher:
                 self.metrics.retried.labels(self.name).inc()
         await self.queue.ack(ack)
         await self.queue.release(release)
+        for until in sorted({until for _, until in deferred}):
+            await self.queue.release([i for i, u in deferred if u == until], not_before=until)
         await self.queue.reschedule(reschedule)
         await self.queue.dead_letter(dead)
 
@@ -414,3 +420,10 @@ class _PausedMarker:
 
 
 _PAUSED: Any = _PausedMarker()
+
+
+@attrs.frozen
+class _Deferred:
+    """Not an outcome a plugin returns: the record goes back untouched, not ready before ``until``."""
+
+    until: float

@@ -552,14 +552,19 @@ async def test_daily_limit_stops_sending_until_the_reset_and_says_so(start_route
         await post(router, [identify("a@example.com")])
         await all_delivered(router)  # catalog + one upsert: the allowance is spent
         assert (await status_of(router))["daily_limit_reached"] is True
-        await post(router, [identify("b@example.com")])
+        track = {"event_type": "signup", "user": {"email": "a@example.com"}}
+        await post(router, [identify("b@example.com"), track])
+        await router.drain()
 
         status = await status_of(router)
         assert status["rate_limit_paused_for"] > 0
-        assert status["depth"] == 1
-        assert status["in_flight"] == 0  # nothing is leased while the daily limit holds
+        assert status["depth"] == 1  # the identify waits for the reset, not leased, no attempt counted
+        assert status["in_flight"] == 0 and status["retried"] == 0
         assert list(emulator.contacts) == ["a@example.com"]
-        assert [r["status"] for r in emulator.requests] == [200, 200]  # no request hammered the limit
+        api_calls = [r["status"] for r in emulator.requests if r["path"] != "/v1/event"]
+        assert api_calls == [200, 200]  # no request hammered the limit
+        # the legacy tracker is outside HubSpot's API limits: track events keep flowing
+        assert [e["eventName"] for e in emulator.events] == ["signup"]
     finally:
         await runner.cleanup()
 

@@ -89,8 +89,9 @@ class Queue(abc.ABC):
         """Remove delivered (or skipped) records."""
 
     @abc.abstractmethod
-    async def release(self, ids: Sequence[int]) -> None:
-        """Give leased records back untouched (no attempt counted), e.g. while a destination is paused."""
+    async def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
+        """Give leased records back untouched (no attempt counted), e.g. while a destination is
+        paused; not ready again before ``not_before`` (epoch seconds) if it is later than theirs."""
 
     @abc.abstractmethod
     async def reschedule(self, items: Sequence[tuple[int, float, str]]) -> None:

@@ -269,14 +269,17 @@ class SQLiteQueue(Queue):
                 changes[destination] = changes.get(destination, 0) - n
         return changes
 
-    async def release(self, ids: Sequence[int]) -> None:
+    async def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
         if ids:
-            await self._run(self._release_sync, list(ids))
+            await self._run(self._release_sync, list(ids), not_before)
 
-    def _release_sync(self, ids: list[int]) -> None:
+    def _release_sync(self, ids: list[int], not_before: float) -> None:
         db = self._conn()
         with _transaction(db):
-            db.executemany("UPDATE records SET leased_until = 0 WHERE id = ?", [(i,) for i in ids])
+            db.executemany(
+                "UPDATE records SET leased_until = 0, not_before = MAX(not_before, ?) WHERE id = ?",
+                [(not_before, i) for i in ids],
+            )
 
     async def reschedule(self, items: Sequence[tuple[int, float, str]]) -> None:
         if items:
