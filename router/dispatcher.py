@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 #: how often an idle dispatcher looks for records added by another process (`router dlq replay`)
 POLL_INTERVAL = 1.0
-#: the furthest ahead a destination may push a retry (a day: HubSpot's daily limit resets within one)
+#: the furthest ahead a destination may push a retry (a day: daily request limits reset within one)
 MAX_NOT_BEFORE = 86400.0
 
 

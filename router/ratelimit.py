@@ -12,7 +12,7 @@ class RateLimiter:
     """At most ``limit`` requests in any ``window`` seconds, plus a pause-until for hard stops.
 
     The window is rolling (the start times of the last ``limit`` requests are kept), which is how
-    HubSpot counts its ten-second limit; a bucket that refills continuously would overshoot at the
+    rolling APIs count their limits; a bucket that refills continuously would overshoot at the
     window edge. A destination corrects it from what the remote side says:
     :meth:`observe_remaining` after each answer, :meth:`pause_until` after a 429 or a daily stop.
     """
