@@ -124,3 +124,13 @@ def test_every_hook_is_documented():
         documented = re.search(rf"^## {re.escape(signature)}$", docs, re.M)
         assert documented, f"docs/plugin_hooks.md does not describe {signature}"
         assert getattr(hookspecs, name).__doc__, f"{name} has no docstring"
+
+
+def test_the_core_never_mentions_a_destination_plugin():
+    core = os.path.join(os.path.dirname(__file__), "..", "router")
+    for folder, _, files in os.walk(core):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name), encoding="utf-8") as f:
+                    text = f.read().lower()
+                assert "hubspot" not in text, f"router/{name} mentions HubSpot: that belongs in plugins/hubspot/"
