@@ -156,7 +156,7 @@ class StorageConfig:
     #: the SQLite queue lives in this directory
     path: str = "./data"
     #: how long the group-commit writer waits for company before committing
-    group_commit_window: Duration = Duration(0.002)
+    group_commit_window: Duration = Duration(0.0)
     #: ingest answers 503 above this many undelivered records (0 = no limit)
     max_depth: Count = Count(0)
     #: the queue file may grow to this many bytes (0 = as far as the disk allows); past it ingest

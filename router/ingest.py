@@ -11,9 +11,10 @@ import datetime
 import fnmatch
 import ipaddress
 import logging
+import os
 import uuid
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -205,8 +206,9 @@ class Ingest:
         agent = _clean(request.headers.get("User-Agent"))
         destinations = self.routes.get(token.key.id, ())
         batch = []
+        ids = random_ids(len(events))
         for i, event in enumerate(events):
-            dedup_id = enrich(event, token.key.id, now=now, ip=ip, user_agent=agent, src=src)
+            dedup_id = enrich(event, token.key.id, now=now, ip=ip, user_agent=agent, src=src, new_id=ids)
             try:
                 payload = orjson.dumps(event)
             except TypeError as exc:  # orjson refuses what it cannot write back
@@ -220,6 +222,9 @@ class Ingest:
                     dedup_id=f"{token.key.id}:{dedup_id}" if dedup_id else None,
                 )
             )
+        # the stored form is the bytes: free the parsed events now rather than after the commit
+        # (a wave of big arrays would otherwise keep thousands of dicts alive for the collector)
+        events.clear()
         try:
             duplicates = await self.queue.append(batch)
         except QueueFull as exc:
@@ -396,11 +401,14 @@ def _first_id(event: dict[str, Any]) -> str:
     return ""
 
 
-def enrich(event: dict[str, Any], key_id: str, *, now: str, ip: str, user_agent: str | None, src: str) -> str:
-    """Add the server-side fields in place (``now``: the receive time, ISO 8601 UTC). Returns the
-    client-supplied event id, or ""."""
+def enrich(
+    event: dict[str, Any], key_id: str, *, now: str, ip: str, user_agent: str | None, src: str,
+    new_id: Iterator[str] | None = None,
+) -> str:
+    """Add the server-side fields in place (``now``: the receive time, ISO 8601 UTC; ``new_id``
+    gives the id of an event that has none). Returns the client-supplied event id, or ""."""
     client_id = _first_id(event)
-    event["eventn_ctx_event_id"] = client_id or str(uuid.uuid4())
+    event["eventn_ctx_event_id"] = client_id or (next(new_id) if new_id is not None else str(uuid.uuid4()))
     if not event.get("_timestamp"):
         event["_timestamp"] = now
     if not event.get("source_ip") and ip:
@@ -416,6 +424,37 @@ def enrich(event: dict[str, Any], key_id: str, *, now: str, ip: str, user_agent:
     if not event.get("src"):
         event["src"] = src
     return client_id
+
+
+class _Randomness:
+    """Bytes from the system's CSPRNG, read 64 KiB at a time. The read is a system call that costs
+    several microseconds here; one per event (``uuid.uuid4()``) was a tenth of the ingest time."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._used = 0
+
+    def take(self, n: int) -> bytes:
+        if self._used + n > len(self._buffer):
+            self._buffer = os.urandom(max(n, 65536))
+            self._used = 0
+        start, self._used = self._used, self._used + n
+        return self._buffer[start : self._used]
+
+
+_randomness = _Randomness()
+
+
+def random_ids(n: int) -> Iterator[str]:
+    """``n`` random (version 4) UUIDs; nothing is read until the first is asked for."""
+    raw = _randomness.take(16 * n).hex()
+    for i in range(0, 32 * n, 32):
+        h = raw[i : i + 32]
+        yield f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+#: the RFC 4122 variant bits (10xx) in the first hex digit of the fourth group
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
 
 
 def origin_allowed(origin: str, patterns: list[str]) -> bool:
