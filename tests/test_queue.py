@@ -83,6 +83,26 @@ async def test_a_client_event_id_is_kept_once_within_the_window(queue):
     assert queue.depth("a") == 3
 
 
+async def test_one_group_commit_keeps_order_and_drops_ids_repeated_within_it(tmp_path):
+    # many appends waiting at once become one transaction, written in chunks of up to 512 rows
+    q = SQLiteQueue(str(tmp_path / "q.sqlite3"), group_commit_window=0.01, clock=Clock())
+    await q.open()
+    try:
+        await q.append([event(0, "k:0")])
+        appends = [
+            asyncio.create_task(q.append([event(n, f"k:{n % 700}") for n in range(i * 100, i * 100 + 100)]))
+            for i in range(13)
+        ]
+        results = await asyncio.gather(*appends)
+        # ids 0..699 are new once each (0 was already stored); 700..1299 repeat them
+        assert sum(results) == 601
+        assert q.depth("a") == q.depth("b") == 700
+        records = await q.lease("a", 2000, 60)
+        assert [r.payload for r in records] == [b'{"n":%d}' % n for n in range(700)]
+    finally:
+        await q.close()
+
+
 async def test_reopening_releases_what_a_dead_process_had_leased(tmp_path):
     path = str(tmp_path / "q.sqlite3")
     first = SQLiteQueue(path)

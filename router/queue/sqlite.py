@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import os
 import sqlite3
@@ -186,35 +187,42 @@ class SQLiteQueue(Queue):
             self._depth[destination] = max(0, self._depth.get(destination, 0) + n)
 
     def _commit_group(self, groups: list[Sequence[NewEvent]]) -> tuple[list[int], dict[str, int]]:
+        """One transaction for every waiting append, in a handful of statements whatever its size:
+        each statement lets the event loop's thread take the GIL, and taking it back waits for that
+        thread's next pause, so a statement per row made a commit crawl while requests were
+        being parsed."""
         db = self._conn()
         now = self.clock()
         horizon = now - self.dedup_window
         results: list[int] = []
-        added: dict[str, int] = {}
+        payloads: dict[str, list[bytes]] = {}
         db.execute("BEGIN IMMEDIATE")
         try:
-            rows = []
+            recent = self._recently_seen(db, [e.dedup_id for events in groups for e in events if e.dedup_id], horizon)
+            fresh: list[str] = []
             for events in groups:
                 duplicates = 0
                 for event in events:
                     if event.dedup_id:
-                        seen = db.execute(
-                            "SELECT seen_at FROM seen_ids WHERE event_id = ?", (event.dedup_id,)
-                        ).fetchone()
-                        if seen is not None and seen[0] >= horizon:
+                        if event.dedup_id in recent:
                             duplicates += 1
                             continue
-                        db.execute(
-                            "INSERT OR REPLACE INTO seen_ids (event_id, seen_at) VALUES (?, ?)",
-                            (event.dedup_id, now),
-                        )
+                        recent.add(event.dedup_id)
+                        fresh.append(event.dedup_id)
                     for destination in event.destinations:
-                        rows.append((destination, event.payload, now, now))
-                        added[destination] = added.get(destination, 0) + 1
+                        payloads.setdefault(destination, []).append(event.payload)
                 results.append(duplicates)
-            db.executemany(
-                "INSERT INTO records (destination, payload, received_at, not_before) VALUES (?, ?, ?, ?)", rows
-            )
+            for chunk in _pow2_chunks(fresh):
+                db.execute(_values_sql("INSERT OR REPLACE INTO seen_ids (event_id, seen_at)", "(?{}, ?1)", len(chunk), 2),
+                           (now, *chunk))
+            for destination, rows in payloads.items():
+                # records of one destination keep their order of arrival (ids rise with it)
+                for chunk in _pow2_chunks(rows):
+                    db.execute(
+                        _values_sql("INSERT INTO records (destination, payload, received_at, not_before)",
+                                    "(?1, ?{}, ?2, ?2)", len(chunk), 3),
+                        (destination, now, *chunk),
+                    )
             if now - self._last_purge > 60:
                 db.execute("DELETE FROM seen_ids WHERE seen_at < ?", (horizon,))
                 self._last_purge = now
@@ -223,7 +231,20 @@ class SQLiteQueue(Queue):
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
-        return results, added
+        return results, {destination: len(rows) for destination, rows in payloads.items()}
+
+    @staticmethod
+    def _recently_seen(db: sqlite3.Connection, ids: list[str], horizon: float) -> set[str]:
+        """Which of ``ids`` were accepted within the dedup window."""
+        seen: set[str] = set()
+        for chunk in _pow2_chunks(sorted(set(ids))):
+            marks = ",".join("?" * len(chunk))
+            seen.update(
+                row[0]
+                for row in db.execute(f"SELECT event_id FROM seen_ids WHERE event_id IN ({marks}) AND seen_at >= ?",
+                                      (*chunk, horizon))
+            )
+        return seen
 
     # -- delivery side --------------------------------------------------------------------
 
@@ -421,6 +442,24 @@ class _transaction:
 
     def __exit__(self, exc_type: Any, *_: Any) -> None:
         self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _pow2_chunks(items: list[T]) -> list[list[T]]:
+    """``items`` in chunks of 512, 256, ... 1: few distinct statement texts (SQLite caches
+    each prepared one) and never more than 999 parameters, the oldest SQLite's limit."""
+    out, i = [], 0
+    while i < len(items):
+        size = 1 << min(9, (len(items) - i).bit_length() - 1)
+        out.append(items[i : i + size])
+        i += size
+    return out
+
+
+@functools.lru_cache(maxsize=64)
+def _values_sql(head: str, row: str, n: int, first: int) -> str:
+    """``head VALUES row, row, ...`` for ``n`` rows; each row's own parameter ``?{}`` is numbered
+    from ``first`` up (the ones below are shared by every row)."""
+    return f"{head} VALUES " + ",".join(row.format(i) for i in range(first, n + first))
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:
