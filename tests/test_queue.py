@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
 
 import pytest
 
 from router.queue import NewEvent
 from router.queue.sqlite import SQLiteQueue
+from tests.conftest import poll_until
 
 
 class Clock:
@@ -99,6 +101,26 @@ async def test_one_group_commit_keeps_order_and_drops_ids_repeated_within_it(tmp
         assert q.depth("a") == q.depth("b") == 700
         records = await q.lease("a", 2000, 60)
         assert [r.payload for r in records] == [b'{"n":%d}' % n for n in range(700)]
+    finally:
+        await q.close()
+
+
+async def test_commits_are_copied_into_the_database_file_in_the_background(tmp_path):
+    # the write-ahead log is checkpointed off the commit path, long before the commit path's own
+    # backstop (64 MB of log) would do it
+    path = tmp_path / "q.sqlite3"
+    q = SQLiteQueue(str(path))
+    await q.open()
+    try:
+        blob = b'{"pad":"%s"}' % (b"x" * 4000)
+        for _ in range(10):
+            await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
+
+        async def in_the_file() -> bool:
+            return os.path.getsize(path) > 4_000_000
+
+        await poll_until(in_the_file, timeout=10)
+        assert q.depth("a") == 1000
     finally:
         await q.close()
 

@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS seen_ids (
 MAX_GROUP = 5000
 #: how often (seconds) ``stats(exact=False)`` counts the stored records instead of trusting its counts
 DEPTH_RECOUNT = 60.0
+#: the background checkpointer runs at most this often (seconds)
+CHECKPOINT_PAUSE = 0.1
+#: the committing connection checkpoints by itself past this much log (the checkpointer is behind)
+WAL_BACKSTOP = 64 * 1024 * 1024
 
 
 class SQLiteQueue(Queue):
@@ -78,6 +82,14 @@ class SQLiteQueue(Queue):
         self.clock = clock
         self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-queue")
         self._db: sqlite3.Connection | None = None
+        # checkpoints (copying the write-ahead log into the database file) run on a connection
+        # and thread of their own, off the commit path
+        self._checkpoint_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sqlite-checkpoint"
+        )
+        self._checkpoint_db: sqlite3.Connection | None = None
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._written = asyncio.Event()
         self._pending: list[tuple[Sequence[NewEvent], asyncio.Future[int]]] = []
         self._wakeup = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
@@ -89,7 +101,10 @@ class SQLiteQueue(Queue):
     # -- plumbing -------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._written.set()  # most calls write; a checkpoint with nothing to copy is cheap
 
     def _conn(self) -> sqlite3.Connection:
         assert self._db is not None, "queue is not open"
@@ -103,24 +118,57 @@ class SQLiteQueue(Queue):
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
+        page_size = db.execute("PRAGMA page_size").fetchone()[0]
+        # the background checkpointer keeps the log short; should it fall behind, the committing
+        # connection checkpoints itself once the log holds this much
+        wal_bytes = WAL_BACKSTOP
         if self.max_bytes:
-            page_size = db.execute("PRAGMA page_size").fetchone()[0]
             db.execute(f"PRAGMA max_page_count = {max(16, self.max_bytes // page_size)}")
             # keep the write-ahead log within a tenth of the limit too (it is checkpointed and
             # truncated back to this size), so the files on disk stay near max_bytes
-            wal_bytes = max(64 * 1024, self.max_bytes // 10)
-            db.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_bytes // page_size)}")
-            db.execute(f"PRAGMA journal_size_limit = {wal_bytes}")
+            wal_bytes = min(wal_bytes, max(64 * 1024, self.max_bytes // 10))
+        db.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_bytes // page_size)}")
+        db.execute(f"PRAGMA journal_size_limit = {wal_bytes}")
         released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount
         if released:
             log.info("released %d records leased by a previous process; they will be delivered again", released)
         self._depth = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination").fetchall())
         self._db = db
 
+    def _open_checkpointer_sync(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA busy_timeout=5000")
+        self._checkpoint_db = db
+
     async def open(self) -> None:
         await self._run(self._open_sync)
+        await asyncio.get_running_loop().run_in_executor(self._checkpoint_executor, self._open_checkpointer_sync)
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-queue-writer")
+        self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="sqlite-queue-checkpointer")
+
+    async def _checkpoint_loop(self) -> None:
+        """Copy committed pages from the log into the database file, at most every
+        CHECKPOINT_PAUSE seconds while there are writes. A passive checkpoint never blocks a
+        commit; once it has copied the whole log, the next commit starts the log over."""
+        loop = asyncio.get_running_loop()
+        failure = None
+        while not self._closing:
+            await self._written.wait()
+            self._written.clear()
+            try:
+                await loop.run_in_executor(self._checkpoint_executor, self._checkpoint_sync)
+                failure = None
+            except sqlite3.Error as exc:  # the commit path checkpoints by itself as a backstop
+                if str(exc) != failure:
+                    log.warning("queue checkpoint failed (retrying): %s", exc)
+                failure = str(exc)
+            await asyncio.sleep(CHECKPOINT_PAUSE)
+
+    def _checkpoint_sync(self) -> None:
+        assert self._checkpoint_db is not None
+        self._checkpoint_db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
 
     async def close(self) -> None:
         self._closing = True
@@ -128,6 +176,15 @@ class SQLiteQueue(Queue):
         if self._writer is not None:
             await self._writer
             self._writer = None
+        if self._checkpointer is not None:
+            self._written.set()
+            self._checkpointer.cancel()
+            await asyncio.gather(self._checkpointer, return_exceptions=True)
+            self._checkpointer = None
+        if self._checkpoint_db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._checkpoint_executor, self._checkpoint_db.close)
+            self._checkpoint_db = None
+        self._checkpoint_executor.shutdown(wait=True)
         if self._db is not None:
             await self._run(self._db.close)
             self._db = None
