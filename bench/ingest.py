@@ -3,7 +3,8 @@ echo server, measured with wrk in the same run, so the ratio holds on a noisy ma
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--connections 64]
 
-Needs `wrk` (Debian package `wrk`). Prints one line per measurement and the ratios.
+Needs `wrk` (Debian package `wrk`). Prints one line per measurement (with the CPU the server used
+in cores, all its threads, from /proc) and the ratios.
 """
 
 from __future__ import annotations
@@ -59,19 +60,28 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def run_wrk(url: str, body: str, seconds: int, connections: int, workdir: str) -> dict[str, float]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (Linux /proc)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def run_wrk(url: str, body: str, seconds: int, connections: int, workdir: str, pid: int) -> dict[str, float]:
     script = os.path.join(workdir, "post.lua")
     with open(script, "w") as f:
         f.write(LUA % body)
+    cpu, started = cpu_seconds(pid), time.monotonic()
     out = subprocess.run(
         ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", script, url],
         capture_output=True, text=True, timeout=seconds + 60,
     ).stdout
+    cores = (cpu_seconds(pid) - cpu) / (time.monotonic() - started)
     match = re.search(r"RESULT rps=([\d.]+) p50=([\d.]+) p99=([\d.]+) errors=(\d+) non2xx=(\d+)", out)
     if not match:
         raise RuntimeError("wrk said:\n" + out)
     rps, p50, p99, errors, non2xx = match.groups()
-    return {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "errors": int(errors), "non2xx": int(non2xx)}
+    return {"rps": float(rps), "p50_ms": float(p50), "p99_ms": float(p99), "errors": int(errors), "non2xx": int(non2xx),
+            "cores": cores}
 
 
 def main() -> int:
@@ -111,17 +121,20 @@ def main() -> int:
         single = json.dumps(EVENT)
         array = json.dumps([EVENT] * 100)
         results = {}
-        for name, port, path, body in (
-            ("echo single", echo_port, "/api/v1/s2s/event", single),
-            ("router single", router_port, "/api/v1/s2s/event", single),
-            ("echo array100", echo_port, "/api/v1/s2s/events", array),
-            ("router array100", router_port, "/api/v1/s2s/events", array),
+        echo, router = procs
+        for name, port, pid, path, body in (
+            ("echo single", echo_port, echo.pid, "/api/v1/s2s/event", single),
+            ("router single", router_port, router.pid, "/api/v1/s2s/event", single),
+            ("echo array100", echo_port, echo.pid, "/api/v1/s2s/events", array),
+            ("router array100", router_port, router.pid, "/api/v1/s2s/events", array),
         ):
-            r = run_wrk(f"http://127.0.0.1:{port}{path}", body, args.seconds, args.connections, work)
+            r = run_wrk(f"http://127.0.0.1:{port}{path}", body, args.seconds, args.connections, work, pid)
             results[name] = r
             per = 100 if "array" in name else 1
-            print(f"{name:16} {r['rps']:9.0f} req/s {r['rps'] * per:10.0f} events/s  "
-                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']} non-2xx {r['non2xx']}",
+            events = r["rps"] * per
+            print(f"{name:16} {r['rps']:9.0f} req/s {events:10.0f} events/s  "
+                  f"p50 {r['p50_ms']:6.2f} ms  p99 {r['p99_ms']:7.2f} ms  errors {r['errors']} non-2xx {r['non2xx']}  "
+                  f"CPU {r['cores']:.2f} cores ({events / r['cores']:.0f} events/s per core)",
                   flush=True)
         ratio1 = results["router single"]["rps"] / results["echo single"]["rps"]
         ratio100 = results["router array100"]["rps"] / results["echo array100"]["rps"]
