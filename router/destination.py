@@ -21,6 +21,9 @@ Destination-wide conditions are raised, not returned:
 
 - ``raise PauseDestination(reason)``    credentials or scope are wrong: keep every event, stop sending,
                                         show the state loudly, probe again after ``pause_probe``.
+- ``raise PauseSender(reason)``         only this sender's calls are refused (e.g. a scope one kind of
+                                        call needs): its events wait for the next probe, the
+                                        destination's other senders go on.
 - ``raise RetryBatch(reason, not_before)`` the whole batch is to be retried (e.g. rate limited).
 - any other exception (connection reset, timeout, ...) is a ``Retry`` of the whole batch.
 """
@@ -88,6 +91,15 @@ class PauseDestination(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class PauseSender(PauseDestination):
+    """Only the sender that raised it is refused (e.g. a missing scope that one kind of call needs):
+    its events are kept and wait for a probe every ``pause_probe``; the destination's other senders
+    keep sending. Raised outside ``send()`` (e.g. from ``start()``) it pauses the destination.
+
+    ``reason`` must say which credential or scope failed, never a value.
+    """
 
 
 class RetryBatch(Exception):

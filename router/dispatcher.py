@@ -27,6 +27,7 @@ from router.destination import (
     Destination,
     Outcome,
     PauseDestination,
+    PauseSender,
     Rejected,
     Retry,
     RetryBatch,
@@ -79,6 +80,8 @@ class Dispatcher:
         #: as a whole is unwell, so the dispatcher holds back instead of failing every fresh batch
         self._failures_in_row = 0
         self._hold_until = 0.0
+        #: senders refused on their own (PauseSender): name -> (next probe time, reason)
+        self._paused_senders: dict[str, tuple[float, str]] = {}
 
     # -- control --------------------------------------------------------------------------
 
@@ -267,6 +270,10 @@ class Dispatcher:
                     # untouched, without an attempt counted
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
                     continue
+                if (paused := self._paused_senders.get(sender.name)) and self.clock() < paused[0]:
+                    # this sender alone is paused: its events wait for the probe, untouched
+                    outcomes.update((d.record_id, _Deferred(paused[0])) for d in chunk)
+                    continue
                 if sender.rate_limited and self._limiter is not None and (wait := self._limiter.paused_for) > 0:
                     # the rate budget is paused (e.g. a daily limit): these wait for it, untouched,
                     # while events of senders outside the budget keep flowing
@@ -289,6 +296,9 @@ class Dispatcher:
                 return [_PAUSED] * len(chunk)
         try:
             result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
+        except PauseSender as exc:
+            probe_at = self._pause_sender(sender.name, exc.reason)
+            return [_Deferred(probe_at)] * len(chunk)
         except PauseDestination as exc:
             self._pause(exc.reason)
             return [_PAUSED] * len(chunk)
@@ -304,6 +314,8 @@ class Dispatcher:
                 self.name, sender.name, len(result), len(chunk),
             )
             return [Retry("plugin returned a wrong number of outcomes")] * len(chunk)
+        if sender.name in self._paused_senders:
+            self._resume_sender(sender.name)
         if any(isinstance(o, Delivered) for o in result):
             self._failures_in_row = 0
         if self.state in ("probing", "paused") and any(isinstance(o, Delivered) for o in result):
@@ -400,11 +412,30 @@ class Dispatcher:
         self.pause_reason = None
         self.metrics.paused.labels(self.name).set(0)
 
+    def _pause_sender(self, sender: str, reason: str) -> float:
+        """Pause one sender until the next probe; returns the probe time."""
+        if sender not in self._paused_senders:
+            log.error(
+                "destination %s: %s PAUSED: %s. Its events are kept and the other senders go on; "
+                "probing again every %gs.", self.name, sender, reason, self.delivery.pause_probe,
+            )
+        probe_at = self.clock() + self.delivery.pause_probe
+        self._paused_senders[sender] = (probe_at, reason)
+        self.last_error = reason
+        self.metrics.sender_paused.labels(self.name, sender).set(1)
+        return probe_at
+
+    def _resume_sender(self, sender: str) -> None:
+        log.warning("destination %s: %s resumed", self.name, sender)
+        del self._paused_senders[sender]
+        self.metrics.sender_paused.labels(self.name, sender).set(0)
+
     def status(self) -> dict[str, Any]:
         return {
             "type": self.config.type,
             "state": self.state,
             "paused_reason": self.pause_reason,
+            "paused_senders": {name: reason for name, (_, reason) in self._paused_senders.items()},
             "delivered": self.counts["delivered"],
             "skipped": self.counts["skipped"],
             "failed": self.counts["failed"],

@@ -51,6 +51,10 @@ class Metrics:
             "router_destination_paused", "1 while a destination is paused (bad credentials)", ["destination"],
             registry=r,
         )
+        self.sender_paused = prom.Gauge(
+            "router_sender_paused", "1 while one sender of a destination is paused (e.g. a missing scope)",
+            ["destination", "sender"], registry=r,
+        )
 
     def set_queue_stats(self, destinations: list[str], stats: dict[str, DepthStats]) -> None:
         now = time.time()

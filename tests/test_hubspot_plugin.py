@@ -602,20 +602,40 @@ async def test_a_refused_token_pauses_keeps_every_event_and_a_fixed_one_delivers
         assert WRONG_TOKEN not in text and TOKEN not in text
 
 
-async def test_a_missing_scope_pauses_with_the_scope_named(start_router, hubspot, tmp_path):
-    router = await start_router(hubspot_config(tmp_path, hubspot.url, settings="events_api: v3"))
+async def test_a_missing_scope_pauses_only_the_calls_that_need_it(start_router, hubspot, tmp_path):
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
+        "max_backoff: 0.05\n", "max_backoff: 0.05\n      pause_probe: 0.3s\n"
+    )
+    router = await start_router(config)
     await all_delivered(router)
     await hubspot.set_faults({"path": "/events/v3/", "status": 403})
     await post(router, [{"event_type": "purchase", "user": {"email": "jane@example.com"}}])
 
-    async def paused() -> bool:
-        return (await status_of(router))["state"] == "paused"
+    async def events_paused() -> bool:
+        return "events" in (await status_of(router))["paused_senders"]
 
-    await poll_until(paused, 10)
+    await poll_until(events_paused, 10)
     status = await status_of(router)
-    assert "403" in status["paused_reason"]
-    assert "behavioral_events.event_definitions.read_write" in status["paused_reason"]
-    assert status["depth"] == 1
+    reason = status["paused_senders"]["events"]
+    assert "403" in reason and "behavioral_events.event_definitions.read_write" in reason
+    assert status["state"] == "running" and status["depth"] == 1 and status["dead_letters"] == 0
+    assert await router.metric("router_sender_paused", destination="hs", sender="events") == 1
+
+    # contacts need another scope: identifies keep flowing while the event waits
+    await post(router, [{"event_type": "user_identify", "user": {"email": "ann@example.com"}}])
+
+    async def contact_arrived() -> bool:
+        return "ann@example.com" in hubspot.emulator.contacts
+
+    await poll_until(contact_arrived, 10)
+    assert (await status_of(router))["depth"] == 1
+
+    # the scope is granted: the next probe sends the waiting event
+    await hubspot.set_faults()
+    await all_delivered(router)
+    assert len(hubspot.emulator.events) == 1
+    assert (await status_of(router))["paused_senders"] == {}
+    assert await router.metric("router_sender_paused", destination="hs", sender="events") == 0
 
 
 async def test_a_deprecated_api_key_is_sent_as_hapikey_with_a_warning_and_never_shown(

@@ -4,7 +4,8 @@ Every API answer is classified here, once:
 
 - 2xx                   -> :class:`ApiResponse`
 - 400/404/409/other 4xx -> :class:`HubSpotError` (about the request: the sender decides per input)
-- 401 / 403             -> ``PauseDestination`` naming the credential (never its value) or the scope
+- 401                   -> ``PauseDestination`` naming the credential (never its value)
+- 403                   -> ``PauseSender`` naming the scope: only that kind of call waits
 - 429, 423, 477, 5xx    -> ``RetryBatch`` with the right ``not_before``; 429 also pauses the limiter
 
 Nothing here logs a URL with its query string or a header: the token (or the deprecated hapikey)
@@ -30,7 +31,7 @@ import orjson
 from yarl import URL
 
 from plugins.hubspot.config import HubSpotConfig
-from router.destination import DestinationError, PauseDestination, RetryBatch
+from router.destination import DestinationError, PauseDestination, PauseSender, RetryBatch
 from router.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
@@ -229,8 +230,9 @@ class HubSpotClient:
             )
             raise PauseDestination(f"HubSpot {self.credential} was refused ({status} {category}){hint}")
         if status == 403:
+            # a scope covers one kind of call: the other kinds (another sender) may still work
             scope = SCOPES.get(operation, "the scope this call needs")
-            raise PauseDestination(
+            raise PauseSender(
                 f"HubSpot refused the {self.credential} for the {operation} ({status} {error.category or 'FORBIDDEN'}): "
                 f"the private app is missing a scope; grant it {scope}"
             )
