@@ -17,6 +17,10 @@ Outcomes:
 - ``Rejected(reason, response=None)``   permanent; the event goes to dead letters with the reason and
                                         the destination's answer.
 
+A send that makes several requests asks ``time_left()`` before each one: past ``delivery.timeout``
+the core cancels the send and every answer it had is lost (the whole batch is retried), so a send
+short of time stops and returns ``Retry`` for what it has not decided.
+
 Destination-wide conditions are raised, not returned:
 
 - ``raise PauseDestination(reason)``    credentials or scope are wrong: keep every event, stop sending,
@@ -31,6 +35,9 @@ Destination-wide conditions are raised, not returned:
 from __future__ import annotations
 
 import abc
+import asyncio
+import contextvars
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +79,17 @@ class Rejected:
 
 
 Outcome = Delivered | Skipped | Retry | Rejected
+
+
+#: the event-loop time by which the current ``send()`` must return; set by the dispatcher
+SEND_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("send_deadline", default=None)
+
+
+def time_left() -> float:
+    """Seconds before the core cuts off the ``send()`` this is called from (its ``delivery.timeout``);
+    infinite outside a send."""
+    deadline = SEND_DEADLINE.get()
+    return math.inf if deadline is None else deadline - asyncio.get_running_loop().time()
 
 
 class DestinationError(Exception):

@@ -22,6 +22,7 @@ import orjson
 
 from router.config import DestinationConfig
 from router.destination import (
+    SEND_DEADLINE,
     Delivered,
     Delivery,
     Destination,
@@ -294,7 +295,9 @@ class Dispatcher:
             await self._limiter.acquire()
             if self.clock() > send_by:  # waited out the lease: another lease may own these now
                 return [_PAUSED] * len(chunk)
+        deadline = SEND_DEADLINE.set(asyncio.get_running_loop().time() + self.delivery.timeout)
         try:
+            # the send runs in a task of its own that inherits the deadline (time_left())
             result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
         except PauseSender as exc:
             probe_at = self._pause_sender(sender.name, exc.reason)
@@ -308,6 +311,8 @@ class Dispatcher:
             return self._batch_failed(chunk, Retry(f"no answer within {self.delivery.timeout:g}s"))
         except Exception as exc:
             return self._batch_failed(chunk, Retry(describe_error(exc)))
+        finally:
+            SEND_DEADLINE.reset(deadline)
         if len(result) != len(chunk):
             log.error(
                 "destination %s: sender %s returned %d outcomes for %d events; retrying the batch",

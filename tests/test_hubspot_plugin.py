@@ -543,6 +543,25 @@ async def test_the_rate_limiter_keeps_429s_away(start_router, hubspot, tmp_path)
     assert statuses.count(429) <= 3, statuses.count(429)
 
 
+async def test_a_slow_hubspot_gets_each_contact_once_within_the_send_timeout(start_router, hubspot, tmp_path):
+    """v1 makes one request per contact; 10 of them at 0.3 s each do not fit a 1.2 s send. The send
+    stops starting requests it could not finish and reports what it has: each contact is sent
+    once, over several attempts, rather than the core cutting the send off and resending them all."""
+    config = hubspot_config(tmp_path, hubspot.url, settings="""
+        contacts_api: v1
+        timeout: 0.5s
+    """).replace("max_backoff: 0.05\n", "max_backoff: 0.05\n      timeout: 1.2s\n")
+    router = await start_router(config)
+    await all_delivered(router)  # the catalog is loaded before the answers slow down
+    await hubspot.set_faults({"path": "/contacts/v1/contact/createOrUpdate/", "latency": 0.3})
+    await post(router, [identify(f"slow{i}@example.com") for i in range(10)])
+    await all_delivered(router)
+    assert sorted(hubspot.emulator.contacts) == sorted(f"slow{i}@example.com" for i in range(10))
+    sent = [r["path"] for r in hubspot.requests_to("/contacts/v1/contact/createOrUpdate/")]
+    assert len(sent) == len(set(sent)) == 10, sent
+    assert await router.router.queue.dead_letters("hs") == []
+
+
 async def test_daily_limit_stops_sending_until_the_reset_and_says_so(start_router, tmp_path):
     emulator = Emulator(TOKEN, HUB_ID, daily_limit=2)
     runner = await serve(emulator, "127.0.0.1", 0)

@@ -27,7 +27,7 @@ import prometheus_client as prom
 
 from plugins.hubspot.client import HubSpotClient, HubSpotError, RequestBudget
 from plugins.hubspot.filter import email_of, event_time, user_properties
-from plugins.hubspot.outcomes import BatchPlan, keep_decided
+from plugins.hubspot.outcomes import OUT_OF_TIME, BatchPlan, keep_decided, out_of_time
 from plugins.hubspot.properties import (
     INVALID_VALUE,
     InvalidValue,
@@ -150,9 +150,15 @@ class EventSender(Sender):
     async def _send_legacy(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
         await self.catalog.ensure_fresh(RequestBudget(self.client.limiter, prepaid=0))
         slots = asyncio.Semaphore(LEGACY_CONCURRENCY)
+        started = 0
 
         async def one(delivery: Delivery) -> Outcome:
+            nonlocal started
             async with slots:
+                # the first requests always go, so that every send makes progress
+                if started >= LEGACY_CONCURRENCY and out_of_time(self.client.config.timeout):
+                    return Retry(OUT_OF_TIME)
+                started += 1
                 return await self._track(delivery)
 
         outcomes = await asyncio.gather(*(one(d) for d in batch))
@@ -292,7 +298,8 @@ class EventSender(Sender):
         budget: RequestBudget,
         results: dict[int, Outcome],
     ) -> None:
-        plan = BatchPlan(list(occurrences), results, what="events", destination=self.destination)
+        plan = BatchPlan(list(occurrences), results, what="events", destination=self.destination,
+                         reserve=self.client.config.timeout)
 
         async def define(name: str) -> None:
             plan.count()

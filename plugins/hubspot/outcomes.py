@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Iterable
 import aiohttp
 
 from plugins.hubspot.client import HubSpotError
-from router.destination import Outcome, Rejected, Retry, RetryBatch, describe_error
+from router.destination import Outcome, Rejected, Retry, RetryBatch, describe_error, time_left
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +22,18 @@ TRANSIENT_FAILURES = (RetryBatch, aiohttp.ClientError, asyncio.TimeoutError, OSE
 #: answers to a batch that name no input but are worth splitting the batch for: 400 (one bad input
 #: fails them all) and 413 (too large: halves fit)
 SPLIT_STATUSES = frozenset({400, 413})
+#: why an input was left for a later attempt when the core's deadline for the send drew near
+OUT_OF_TIME = (
+    "not sent in this attempt: another HubSpot request would outlast delivery.timeout, which cancels "
+    "the send with every answer it had; retried later"
+)
+
+
+def out_of_time(reserve: float) -> bool:
+    """Whether a request that may take ``reserve`` seconds (hubspot.timeout) could outlast the core's
+    deadline for this send. Check it only after a send's first request, so that every send makes
+    progress even when hubspot.timeout is not shorter than delivery.timeout."""
+    return time_left() < reserve
 
 
 async def keep_decided(work: Awaitable[None], results: dict[int, Outcome], pending: Iterable[int]) -> None:
@@ -44,12 +56,16 @@ class BatchPlan:
     """The requests of one send: groups of inputs (positions) still to send, resent or split in
     halves as HubSpot answers, within :data:`MAX_REQUESTS_PER_SEND` requests."""
 
-    def __init__(self, inputs: list[int], results: dict[int, Outcome], *, what: str, destination: str) -> None:
+    def __init__(
+        self, inputs: list[int], results: dict[int, Outcome], *, what: str, destination: str, reserve: float
+    ) -> None:
         self.groups: list[list[int]] = [inputs] if inputs else []
         self.results = results
         self.requests = 0
         self.what = what
         self.destination = destination
+        #: the time one request may take (hubspot.timeout): no request starts with less time left
+        self.reserve = reserve
 
     def count(self) -> None:
         """Count a request of this send that is not a group's (e.g. creating an event definition)."""
@@ -63,20 +79,24 @@ class BatchPlan:
             if not group:
                 continue
             if self.requests >= MAX_REQUESTS_PER_SEND:
-                left = group + [i for g in self.groups for i in g if i not in self.results]
-                self.groups.clear()
-                reason = (
-                    f"not sent in this attempt: it made its {MAX_REQUESTS_PER_SEND} HubSpot requests resending "
-                    "parts of the batch HubSpot refused; retried later"
-                )
-                for i in left:
-                    self.results.setdefault(i, Retry(reason))
-                log.warning("destination %s: a send made its %d HubSpot requests; %d %s left for a later attempt",
-                            self.destination, MAX_REQUESTS_PER_SEND, len(left), self.what)
+                self._leave(group, f"not sent in this attempt: it made its {MAX_REQUESTS_PER_SEND} HubSpot requests "
+                            "resending parts of the batch HubSpot refused; retried later")
+                return None
+            if self.requests and out_of_time(self.reserve):
+                self._leave(group, OUT_OF_TIME)
                 return None
             self.requests += 1
             return group
         return None
+
+    def _leave(self, group: list[int], reason: str) -> None:
+        """Every undecided input (``group`` and the groups still planned) is retried later."""
+        left = group + [i for g in self.groups for i in g if i not in self.results]
+        self.groups.clear()
+        for i in left:
+            self.results.setdefault(i, Retry(reason))
+        log.warning("destination %s: a send left %d %s for a later attempt after %d HubSpot requests: %s",
+                    self.destination, len(left), self.what, self.requests, reason)
 
     def resend(self, group: list[int]) -> None:
         """Send the group's still undecided inputs again, next."""
