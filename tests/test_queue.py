@@ -8,7 +8,7 @@ import os
 import pytest
 
 from router.queue import NewEvent
-from router.queue.sqlite import SQLiteQueue
+from router.queue.sqlite import WAL_BACKSTOP, SQLiteQueue
 from tests.conftest import poll_until
 
 
@@ -125,6 +125,21 @@ async def test_commits_are_copied_into_the_database_file_in_the_background(tmp_p
         await q.close()
 
 
+async def test_the_write_ahead_log_stays_within_its_bound_under_steady_writes(tmp_path):
+    path = tmp_path / "q.sqlite3"
+    q = SQLiteQueue(str(path))
+    await q.open()
+    try:
+        blob = b'{"pad":"%s"}' % (b"x" * 4000)
+        for _ in range(100):  # 40 MB, more than twice the bound, with the checkpointer at work
+            await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
+            # the commit that crosses the bound checkpoints; one such commit here is about 1 MB
+            assert os.path.getsize(f"{path}-wal") <= WAL_BACKSTOP + 2_000_000
+        assert q.depth("a") == 10_000
+    finally:
+        await q.close()
+
+
 async def test_reopening_releases_what_a_dead_process_had_leased(tmp_path):
     path = str(tmp_path / "q.sqlite3")
     first = SQLiteQueue(path)
@@ -139,6 +154,23 @@ async def test_reopening_releases_what_a_dead_process_had_leased(tmp_path):
         assert second.depth("a") == 1
     finally:
         await second.close()
+
+
+async def test_a_tool_opening_the_file_beside_a_running_router_keeps_its_leases(tmp_path):
+    # `router dlq` opens the queue while the router delivers: releasing the router's leases would
+    # hand the records out again and deliver them twice
+    path = str(tmp_path / "q.sqlite3")
+    running = SQLiteQueue(path)
+    await running.open()
+    try:
+        await running.append([event(1)])
+        assert len(await running.lease("a", 10, 3600)) == 1
+        tool = SQLiteQueue(path, owner=False)
+        await tool.open()
+        await tool.close()
+        assert await running.lease("a", 10, 3600) == []
+    finally:
+        await running.close()
 
 
 async def test_close_finishes_pending_appends(tmp_path):

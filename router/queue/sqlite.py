@@ -59,8 +59,9 @@ MAX_GROUP = 5000
 DEPTH_RECOUNT = 60.0
 #: the background checkpointer runs at most this often (seconds)
 CHECKPOINT_PAUSE = 0.1
-#: the committing connection checkpoints by itself past this much log (the checkpointer is behind)
-WAL_BACKSTOP = 64 * 1024 * 1024
+#: the committing connection checkpoints by itself past this much log, and starts the log over:
+#: the most disk the log takes (with storage.max_bytes, a tenth of it if that is less)
+WAL_BACKSTOP = 16 * 1024 * 1024
 
 
 class SQLiteQueue(Queue):
@@ -73,8 +74,12 @@ class SQLiteQueue(Queue):
         max_depth: int = 0,
         max_bytes: int = 0,
         clock: Callable[[], float] = time.time,
+        owner: bool = True,
     ) -> None:
+        """``owner``: this process delivers from the file, so leases left by a previous one are
+        released at open. False for a tool (``router dlq``) beside a running router."""
         self.path = path
+        self.owner = owner
         self.dedup_window = dedup_window
         self.group_commit_window = group_commit_window
         self.max_depth = max_depth
@@ -101,10 +106,14 @@ class SQLiteQueue(Queue):
     # -- plumbing -------------------------------------------------------------------------
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def _write(self, fn: Callable[..., T], *args: Any) -> T:
+        """``_run`` for a call that writes: the checkpointer copies what it wrote."""
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+            return await self._run(fn, *args)
         finally:
-            self._written.set()  # most calls write; a checkpoint with nothing to copy is cheap
+            self._written.set()
 
     def _conn(self) -> sqlite3.Connection:
         assert self._db is not None, "queue is not open"
@@ -119,8 +128,8 @@ class SQLiteQueue(Queue):
         db.execute("PRAGMA busy_timeout=5000")
         db.executescript(SCHEMA)
         page_size = db.execute("PRAGMA page_size").fetchone()[0]
-        # the background checkpointer keeps the log short; should it fall behind, the committing
-        # connection checkpoints itself once the log holds this much
+        # the background checkpointer copies the log into the file as it grows; the committing
+        # connection checkpoints the rest itself once the log holds this much
         wal_bytes = WAL_BACKSTOP
         if self.max_bytes:
             db.execute(f"PRAGMA max_page_count = {max(16, self.max_bytes // page_size)}")
@@ -129,7 +138,7 @@ class SQLiteQueue(Queue):
             wal_bytes = min(wal_bytes, max(64 * 1024, self.max_bytes // 10))
         db.execute(f"PRAGMA wal_autocheckpoint = {max(16, wal_bytes // page_size)}")
         db.execute(f"PRAGMA journal_size_limit = {wal_bytes}")
-        released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount
+        released = db.execute("UPDATE records SET leased_until = 0 WHERE leased_until > 0").rowcount if self.owner else 0
         if released:
             log.info("released %d records leased by a previous process; they will be delivered again", released)
         self._depth = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination").fetchall())
@@ -142,8 +151,12 @@ class SQLiteQueue(Queue):
         self._checkpoint_db = db
 
     async def open(self) -> None:
-        await self._run(self._open_sync)
-        await asyncio.get_running_loop().run_in_executor(self._checkpoint_executor, self._open_checkpointer_sync)
+        try:
+            await self._run(self._open_sync)
+            await asyncio.get_running_loop().run_in_executor(self._checkpoint_executor, self._open_checkpointer_sync)
+        except BaseException:
+            await self.close()  # whatever was opened, and both threads
+            raise
         self._closing = False
         self._writer = asyncio.create_task(self._write_loop(), name="sqlite-queue-writer")
         self._checkpointer = asyncio.create_task(self._checkpoint_loop(), name="sqlite-queue-checkpointer")
@@ -151,7 +164,9 @@ class SQLiteQueue(Queue):
     async def _checkpoint_loop(self) -> None:
         """Copy committed pages from the log into the database file, at most every
         CHECKPOINT_PAUSE seconds while there are writes. A passive checkpoint never blocks a
-        commit; once it has copied the whole log, the next commit starts the log over."""
+        commit. Under steady writes the log rarely ends copied (commits land while it runs), so
+        it grows to WAL_BACKSTOP; the commit that crosses it then checkpoints what is left (little,
+        most was copied here) and the log starts over."""
         loop = asyncio.get_running_loop()
         failure = None
         while not self._closing:
@@ -160,10 +175,10 @@ class SQLiteQueue(Queue):
             try:
                 await loop.run_in_executor(self._checkpoint_executor, self._checkpoint_sync)
                 failure = None
-            except sqlite3.Error as exc:  # the commit path checkpoints by itself as a backstop
-                if str(exc) != failure:
-                    log.warning("queue checkpoint failed (retrying): %s", exc)
-                failure = str(exc)
+            except Exception as exc:  # the commit path checkpoints by itself as a backstop
+                if repr(exc) != failure:
+                    log.warning("queue checkpoint failed (retrying): %s", _describe(exc))
+                failure = repr(exc)
             await asyncio.sleep(CHECKPOINT_PAUSE)
 
     def _checkpoint_sync(self) -> None:
@@ -218,7 +233,7 @@ class SQLiteQueue(Queue):
                 group.append(item)
                 count += len(item[0])
             try:
-                results, added = await self._run(self._commit_group, [events for events, _ in group])
+                results, added = await self._write(self._commit_group, [events for events, _ in group])
             except Exception as exc:
                 error = QueueFull(_describe(exc))
                 log.error("queue commit failed: %s", error)
@@ -306,7 +321,7 @@ class SQLiteQueue(Queue):
     # -- delivery side --------------------------------------------------------------------
 
     async def lease(self, destination: str, limit: int, lease_seconds: float) -> list[Record]:
-        return await self._run(self._lease_sync, destination, limit, lease_seconds)
+        return await self._write(self._lease_sync, destination, limit, lease_seconds)
 
     def _lease_sync(self, destination: str, limit: int, lease_seconds: float) -> list[Record]:
         db = self._conn()
@@ -327,7 +342,7 @@ class SQLiteQueue(Queue):
 
     async def ack(self, ids: Sequence[int]) -> None:
         if ids:
-            self._count(await self._run(self._ack_sync, list(ids)))
+            self._count(await self._write(self._ack_sync, list(ids)))
 
     def _ack_sync(self, ids: list[int]) -> dict[str, int]:
         db = self._conn()
@@ -349,7 +364,7 @@ class SQLiteQueue(Queue):
 
     async def release(self, ids: Sequence[int], not_before: float = 0.0) -> None:
         if ids:
-            await self._run(self._release_sync, list(ids), not_before)
+            await self._write(self._release_sync, list(ids), not_before)
 
     def _release_sync(self, ids: list[int], not_before: float) -> None:
         db = self._conn()
@@ -361,7 +376,7 @@ class SQLiteQueue(Queue):
 
     async def reschedule(self, items: Sequence[tuple[int, float, str]]) -> None:
         if items:
-            await self._run(self._reschedule_sync, list(items))
+            await self._write(self._reschedule_sync, list(items))
 
     def _reschedule_sync(self, items: list[tuple[int, float, str]]) -> None:
         db = self._conn()
@@ -374,7 +389,7 @@ class SQLiteQueue(Queue):
 
     async def dead_letter(self, items: Sequence[tuple[int, str, str | None]]) -> None:
         if items:
-            self._count(await self._run(self._dead_letter_sync, list(items)))
+            self._count(await self._write(self._dead_letter_sync, list(items)))
 
     def _dead_letter_sync(self, items: list[tuple[int, str, str | None]]) -> dict[str, int]:
         db = self._conn()
@@ -451,7 +466,7 @@ class SQLiteQueue(Queue):
         return [DeadLetter(*row) for row in rows]
 
     async def replay(self, destination: str, limit: int) -> int:
-        moved = await self._run(self._replay_sync, destination, limit)
+        moved = await self._write(self._replay_sync, destination, limit)
         if moved:
             self._count({destination: moved})
             if self.on_append is not None:
@@ -482,7 +497,7 @@ class SQLiteQueue(Queue):
         return len(ids)
 
     async def purge(self, destination: str) -> int:
-        return await self._run(self._purge_sync, destination)
+        return await self._write(self._purge_sync, destination)
 
     def _purge_sync(self, destination: str) -> int:
         db = self._conn()
