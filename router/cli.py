@@ -167,7 +167,8 @@ def cmd_dlq(args: argparse.Namespace) -> int:
 
 
 async def _dlq(config: RouterConfig, args: argparse.Namespace) -> int:
-    queue = SQLiteQueue(os.path.join(config.storage.path, "queue.sqlite3"))
+    # a router may be running on the same file: its leases are its own
+    queue = SQLiteQueue(os.path.join(config.storage.path, "queue.sqlite3"), owner=False)
     await queue.open()
     try:
         name = args.destination
