@@ -129,7 +129,9 @@ class Ingest:
                 raise IngestError(400, "data is not base64", "bad_pixel") from None
             events = parse_events(raw)
             token = self._authenticate(request, server_only=False, fallback=events[0].get("api_key"))
-            await self._accept(request, token, events, src="jitsu")
+            stored = await self._accept(request, token, events, src="jitsu")
+            if stored.status != 200:  # not stored (503): never a 200 the client would take as kept
+                return stored
         except IngestError as exc:
             return self._refuse(exc)
         return web.Response(body=_GIF, content_type="image/gif", headers={"Cache-Control": "no-store"})
@@ -431,6 +433,10 @@ class _Randomness:
     several microseconds here; one per event (``uuid.uuid4()``) was a tenth of the ingest time."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the buffer (a forked child must not hand out its parent's ids)."""
         self._buffer = b""
         self._used = 0
 
@@ -443,6 +449,7 @@ class _Randomness:
 
 
 _randomness = _Randomness()
+os.register_at_fork(after_in_child=_randomness.reset)
 
 
 def random_ids(n: int) -> Iterator[str]:

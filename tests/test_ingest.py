@@ -153,6 +153,27 @@ async def test_tracking_pixel(start_router, receiver, tmp_path):
     assert receiver.ids() == ["px1"]
 
 
+async def test_the_pixel_answers_503_when_the_event_was_not_stored(start_router, receiver, tmp_path):
+    import base64
+
+    import orjson
+
+    receiver.always_status = 503  # nothing leaves the queue
+    config = webhook_config(tmp_path, receiver.url).replace(
+        f"path: {tmp_path}/data\n", f"path: {tmp_path}/data\n  max_depth: 1\n"
+    )
+    router = await start_router(config)
+    assert router.session is not None
+    answers = []
+    for n in range(2):
+        data = base64.urlsafe_b64encode(orjson.dumps({**TRACK, "event_id": f"full{n}"})).decode().rstrip("=")
+        async with router.session.get(f"{router.url}/api/v1/p.gif?data={data}&token=js.secret.1") as resp:
+            answers.append((resp.status, resp.headers.get("Retry-After")))
+    # the first fills the queue; the second is refused, and says so instead of a GIF
+    assert answers == [(200, None), (503, "5")]
+    assert router.router.queue.depth("hook") == 1
+
+
 async def test_a_gzip_upload_of_several_members_keeps_every_event(start_router, receiver, tmp_path):
     router = await start_router(webhook_config(tmp_path, receiver.url))
     first = gzip.compress(b'{"event_type":"bulk","event_id":"m1"}\n')
