@@ -23,7 +23,7 @@ import orjson
 
 from plugins.hubspot.client import HubSpotClient, HubSpotError, RequestBudget
 from plugins.hubspot.filter import email_of, event_time, user_properties
-from plugins.hubspot.outcomes import OUT_OF_TIME, BatchPlan, keep_decided, out_of_time
+from plugins.hubspot.outcomes import OUT_OF_TIME, BatchPlan, SendClock, keep_decided
 from plugins.hubspot.properties import READ_ONLY, UNKNOWN, PropertyCatalog
 from router.destination import (
     Delivered,
@@ -133,8 +133,7 @@ class ContactUpsertSender(Sender):
     # -- v3 -------------------------------------------------------------------------------
 
     async def _send_v3(self, contacts: list[Contact], budget: RequestBudget, results: dict[int, Outcome]) -> None:
-        plan = BatchPlan(list(range(len(contacts))), results, what="contacts", destination=self.destination,
-                         reserve=self.client.config.timeout)
+        plan = BatchPlan(list(range(len(contacts))), results, what="contacts", destination=self.destination)
         property_rounds = 0
         while (group := plan.next()) is not None:
             inputs = [
@@ -208,8 +207,9 @@ class ContactUpsertSender(Sender):
     # -- v1 -------------------------------------------------------------------------------
 
     async def _send_v1(self, contacts: list[Contact], budget: RequestBudget, results: dict[int, Outcome]) -> None:
+        clock = SendClock()
         for index, contact in enumerate(contacts):
-            if index and out_of_time(self.client.config.timeout):
+            if clock.out_of_time():
                 for rest in range(index, len(contacts)):
                     results.setdefault(rest, Retry(OUT_OF_TIME))
                 return

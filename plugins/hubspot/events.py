@@ -27,7 +27,7 @@ import prometheus_client as prom
 
 from plugins.hubspot.client import HubSpotClient, HubSpotError, RequestBudget
 from plugins.hubspot.filter import email_of, event_time, user_properties
-from plugins.hubspot.outcomes import OUT_OF_TIME, BatchPlan, keep_decided, out_of_time
+from plugins.hubspot.outcomes import OUT_OF_TIME, BatchPlan, SendClock, keep_decided
 from plugins.hubspot.properties import (
     INVALID_VALUE,
     InvalidValue,
@@ -45,6 +45,7 @@ from router.destination import (
     Sender,
     Skipped,
     describe_error,
+    time_left,
 )
 
 log = logging.getLogger(__name__)
@@ -150,16 +151,19 @@ class EventSender(Sender):
     async def _send_legacy(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
         await self.catalog.ensure_fresh(RequestBudget(self.client.limiter, prepaid=0))
         slots = asyncio.Semaphore(LEGACY_CONCURRENCY)
-        started = 0
+        clock = SendClock()
+        loop = asyncio.get_running_loop()
 
         async def one(delivery: Delivery) -> Outcome:
-            nonlocal started
             async with slots:
-                # the first requests always go, so that every send makes progress
-                if started >= LEGACY_CONCURRENCY and out_of_time(self.client.config.timeout):
+                # the first wave always goes (nothing is timed yet), so every send makes progress
+                if time_left() < 2 * clock.slowest:
                     return Retry(OUT_OF_TIME)
-                started += 1
-                return await self._track(delivery)
+                started = loop.time()
+                try:
+                    return await self._track(delivery)
+                finally:
+                    clock.took(loop.time() - started)
 
         outcomes = await asyncio.gather(*(one(d) for d in batch))
         if outcomes and all(isinstance(o, Retry) for o in outcomes):
@@ -298,8 +302,7 @@ class EventSender(Sender):
         budget: RequestBudget,
         results: dict[int, Outcome],
     ) -> None:
-        plan = BatchPlan(list(occurrences), results, what="events", destination=self.destination,
-                         reserve=self.client.config.timeout)
+        plan = BatchPlan(list(occurrences), results, what="events", destination=self.destination)
 
         async def define(name: str) -> None:
             plan.count()

@@ -29,11 +29,31 @@ OUT_OF_TIME = (
 )
 
 
-def out_of_time(reserve: float) -> bool:
-    """Whether a request that may take ``reserve`` seconds (hubspot.timeout) could outlast the core's
-    deadline for this send. Check it only after a send's first request, so that every send makes
-    progress even when hubspot.timeout is not shorter than delivery.timeout."""
-    return time_left() < reserve
+class SendClock:
+    """How long this send's requests take. Before each request after the first, ``out_of_time()``
+    says whether twice the slowest so far no longer fits before the core cancels the send: the
+    measure is what HubSpot is doing now, so a fast HubSpot never stops a send early, whatever
+    hubspot.timeout says."""
+
+    def __init__(self) -> None:
+        self.slowest = 0.0
+        self._started: float | None = None
+
+    def out_of_time(self) -> bool:
+        """Called before each request: True when it should not start (never before the first)."""
+        now = asyncio.get_running_loop().time()
+        if self._started is None:
+            self._started = now
+            return False
+        self.slowest = max(self.slowest, now - self._started)
+        if time_left() < 2 * self.slowest:
+            return True
+        self._started = now
+        return False
+
+    def took(self, seconds: float) -> None:
+        """Record a request timed by the caller (requests running side by side)."""
+        self.slowest = max(self.slowest, seconds)
 
 
 async def keep_decided(work: Awaitable[None], results: dict[int, Outcome], pending: Iterable[int]) -> None:
@@ -56,16 +76,13 @@ class BatchPlan:
     """The requests of one send: groups of inputs (positions) still to send, resent or split in
     halves as HubSpot answers, within :data:`MAX_REQUESTS_PER_SEND` requests."""
 
-    def __init__(
-        self, inputs: list[int], results: dict[int, Outcome], *, what: str, destination: str, reserve: float
-    ) -> None:
+    def __init__(self, inputs: list[int], results: dict[int, Outcome], *, what: str, destination: str) -> None:
         self.groups: list[list[int]] = [inputs] if inputs else []
         self.results = results
         self.requests = 0
         self.what = what
         self.destination = destination
-        #: the time one request may take (hubspot.timeout): no request starts with less time left
-        self.reserve = reserve
+        self.clock = SendClock()
 
     def count(self) -> None:
         """Count a request of this send that is not a group's (e.g. creating an event definition)."""
@@ -82,7 +99,7 @@ class BatchPlan:
                 self._leave(group, f"not sent in this attempt: it made its {MAX_REQUESTS_PER_SEND} HubSpot requests "
                             "resending parts of the batch HubSpot refused; retried later")
                 return None
-            if self.requests and out_of_time(self.reserve):
+            if self.clock.out_of_time():
                 self._leave(group, OUT_OF_TIME)
                 return None
             self.requests += 1
