@@ -271,10 +271,13 @@ class Dispatcher:
                     # untouched, without an attempt counted
                     outcomes.update((d.record_id, _PAUSED) for d in chunk)
                     continue
-                if (paused := self._paused_senders.get(sender.name)) and self.clock() < paused[0]:
-                    # this sender alone is paused: its events wait for the probe, untouched
-                    outcomes.update((d.record_id, _Deferred(paused[0])) for d in chunk)
-                    continue
+                if paused := self._paused_senders.get(sender.name):
+                    if self.clock() < paused[0]:
+                        # this sender alone is paused: its events wait for the probe, untouched
+                        outcomes.update((d.record_id, _Deferred(paused[0])) for d in chunk)
+                        continue
+                    # this chunk is the probe: batches in flight beside it wait for the next one
+                    self._paused_senders[sender.name] = (self.clock() + self.delivery.pause_probe, paused[1])
                 if sender.rate_limited and self._limiter is not None and (wait := self._limiter.paused_for) > 0:
                     # the rate budget is paused (e.g. a daily limit): these wait for it, untouched,
                     # while events of senders outside the budget keep flowing
@@ -300,6 +303,8 @@ class Dispatcher:
             # the send runs in a task of its own that inherits the deadline (time_left())
             result = await asyncio.wait_for(sender.send(chunk), timeout=self.delivery.timeout)
         except PauseSender as exc:
+            if self.state == "probing":
+                self._resume()  # the destination answered: its credentials work, one scope does not
             probe_at = self._pause_sender(sender.name, exc.reason)
             return [_Deferred(probe_at)] * len(chunk)
         except PauseDestination as exc:

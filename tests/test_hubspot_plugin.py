@@ -543,13 +543,16 @@ async def test_the_rate_limiter_keeps_429s_away(start_router, hubspot, tmp_path)
     assert statuses.count(429) <= 3, statuses.count(429)
 
 
-async def test_a_slow_hubspot_gets_each_contact_once_within_the_send_timeout(start_router, hubspot, tmp_path):
+@pytest.mark.parametrize("hubspot_timeout", ["0.5s", "5s"])  # 5s: longer than the send may take
+async def test_a_slow_hubspot_gets_each_contact_once_within_the_send_timeout(
+    start_router, hubspot, tmp_path, hubspot_timeout
+):
     """v1 makes one request per contact; 10 of them at 0.3 s each do not fit a 1.2 s send. The send
     stops starting requests it could not finish and reports what it has: each contact is sent
     once, over several attempts, rather than the core cutting the send off and resending them all."""
-    config = hubspot_config(tmp_path, hubspot.url, settings="""
+    config = hubspot_config(tmp_path, hubspot.url, settings=f"""
         contacts_api: v1
-        timeout: 0.5s
+        timeout: {hubspot_timeout}
     """).replace("max_backoff: 0.05\n", "max_backoff: 0.05\n      timeout: 1.2s\n")
     router = await start_router(config)
     await all_delivered(router)  # the catalog is loaded before the answers slow down
@@ -655,6 +658,26 @@ async def test_a_missing_scope_pauses_only_the_calls_that_need_it(start_router, 
     assert len(hubspot.emulator.events) == 1
     assert (await status_of(router))["paused_senders"] == {}
     assert await router.metric("router_sender_paused", destination="hs", sender="events") == 0
+
+
+async def test_a_paused_sender_is_probed_by_one_request_at_a_time(start_router, hubspot, tmp_path):
+    # batches of one, two in flight: at each probe time only one of them may ask HubSpot
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
+        "max_backoff: 0.05\n", "max_backoff: 0.05\n      pause_probe: 0.3s\n"
+    ).replace("batch_size: 500", "batch_size: 1")
+    router = await start_router(config)
+    await all_delivered(router)
+    await hubspot.set_faults({"path": "/events/v3/", "status": 403})
+    await post(router, [{"event_type": "purchase", "user": {"email": f"p{i}@example.com"}} for i in range(6)])
+
+    async def five_refusals() -> bool:
+        return len(hubspot.requests_to("/events/v3/")) >= 5
+
+    await poll_until(five_refusals, 10)
+    times = [r["time"] for r in hubspot.requests_to("/events/v3/")]
+    # the first pause may meet both batches in flight; after it, one request per 0.3 s probe
+    assert times[4] - times[1] >= 3 * 0.3 * 0.9, [round(t - times[0], 3) for t in times]
+    assert (await status_of(router))["depth"] == 6
 
 
 async def test_a_deprecated_api_key_is_sent_as_hapikey_with_a_warning_and_never_shown(
