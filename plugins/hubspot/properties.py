@@ -25,7 +25,7 @@ import orjson
 import prometheus_client as prom
 
 from plugins.hubspot.client import HubSpotClient, RequestBudget
-from router.destination import PauseDestination
+from router.destination import PauseDestination, PauseSender
 
 log = logging.getLogger(__name__)
 
@@ -322,7 +322,8 @@ class PropertyCatalog:
 
     async def ensure_fresh(self, budget: RequestBudget | None = None) -> None:
         """Load if never loaded; fetch again when older than ``refresh_every``. A failed periodic
-        refresh keeps the old catalog (a 401/403 still pauses the destination)."""
+        refresh keeps the old catalog (a 401 still pauses the destination; a 403 keeps it until the
+        next period)."""
         if self._loaded_at is not None and self.clock() - self._loaded_at < self.refresh_every:
             return
         async with self._lock:
@@ -333,6 +334,11 @@ class PropertyCatalog:
                 return
             try:
                 await self._fetch(budget)
+            except PauseSender as exc:
+                # a scope taken away: the cached catalog still serves every sender; try next period
+                self._loaded_at = self.clock()
+                log.warning("destination %s: property catalog refresh refused; using the cached one: %s",
+                            self.destination, exc.reason)
             except Exception as exc:
                 if isinstance(exc, PauseDestination):
                     raise
@@ -349,6 +355,9 @@ class PropertyCatalog:
             if stale:
                 try:
                     await self._fetch(budget, keep_refused=True)
+                except PauseSender as exc:
+                    log.warning("destination %s: property catalog refresh refused; using the cached one: %s",
+                                self.destination, exc.reason)
                 except Exception as exc:
                     if isinstance(exc, PauseDestination):
                         raise
