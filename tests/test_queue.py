@@ -131,11 +131,12 @@ async def test_the_write_ahead_log_stays_within_its_bound_under_steady_writes(tm
     await q.open()
     try:
         blob = b'{"pad":"%s"}' % (b"x" * 4000)
-        for _ in range(100):  # 40 MB, more than twice the bound, with the checkpointer at work
+        for _ in range(120):  # 48 MB, about three times the bound, with the checkpointer at work
             await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
-            # the commit that crosses the bound checkpoints; one such commit here is about 1 MB
-            assert os.path.getsize(f"{path}-wal") <= WAL_BACKSTOP + 2_000_000
-        assert q.depth("a") == 10_000
+            # the commit that crosses the bound checkpoints, or the next ones when the background
+            # checkpoint holds the lock then (each is about 1 MB here); unbounded, it would reach 48 MB
+            assert os.path.getsize(f"{path}-wal") <= WAL_BACKSTOP * 2
+        assert q.depth("a") == 12_000
     finally:
         await q.close()
 

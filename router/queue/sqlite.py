@@ -123,6 +123,14 @@ class SQLiteQueue(Queue):
         directory = os.path.dirname(os.path.abspath(self.path))
         os.makedirs(directory, exist_ok=True)
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db = db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute("PRAGMA busy_timeout=5000")
@@ -142,7 +150,6 @@ class SQLiteQueue(Queue):
         if released:
             log.info("released %d records leased by a previous process; they will be delivered again", released)
         self._depth = dict(db.execute("SELECT destination, COUNT(*) FROM records GROUP BY destination").fetchall())
-        self._db = db
 
     def _open_checkpointer_sync(self) -> None:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
