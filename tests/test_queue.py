@@ -105,40 +105,32 @@ async def test_one_group_commit_keeps_order_and_drops_ids_repeated_within_it(tmp
         await q.close()
 
 
-async def test_commits_are_copied_into_the_database_file_in_the_background(tmp_path):
+async def append_4k_events(q: SQLiteQueue, requests: int) -> None:
+    """``requests`` commits of 100 events of 4 KB each (about 1 MB of log per commit)."""
+    blob = b'{"pad":"%s"}' % (b"x" * 4000)
+    for _ in range(requests):
+        await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
+
+
+async def test_commits_are_copied_into_the_database_file_in_the_background(queue, tmp_path):
     # the write-ahead log is checkpointed off the commit path, long before the commit path's own
-    # backstop (64 MB of log) would do it
-    path = tmp_path / "q.sqlite3"
-    q = SQLiteQueue(str(path))
-    await q.open()
-    try:
-        blob = b'{"pad":"%s"}' % (b"x" * 4000)
-        for _ in range(10):
-            await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
+    # backstop (WAL_BACKSTOP of log) would do it
+    await append_4k_events(queue, 10)
 
-        async def in_the_file() -> bool:
-            return os.path.getsize(path) > 4_000_000
+    async def in_the_file() -> bool:
+        return os.path.getsize(tmp_path / "q.sqlite3") > 4_000_000
 
-        await poll_until(in_the_file, timeout=10)
-        assert q.depth("a") == 1000
-    finally:
-        await q.close()
+    await poll_until(in_the_file, timeout=10)
+    assert queue.depth("a") == 1000
 
 
-async def test_the_write_ahead_log_stays_within_its_bound_under_steady_writes(tmp_path):
-    path = tmp_path / "q.sqlite3"
-    q = SQLiteQueue(str(path))
-    await q.open()
-    try:
-        blob = b'{"pad":"%s"}' % (b"x" * 4000)
-        for _ in range(120):  # 48 MB, about three times the bound, with the checkpointer at work
-            await q.append([NewEvent(payload=blob, destinations=("a",)) for _ in range(100)])
-            # the commit that crosses the bound checkpoints, or the next ones when the background
-            # checkpoint holds the lock then (each is about 1 MB here); unbounded, it would reach 48 MB
-            assert os.path.getsize(f"{path}-wal") <= WAL_BACKSTOP * 2
-        assert q.depth("a") == 12_000
-    finally:
-        await q.close()
+async def test_the_write_ahead_log_stays_within_its_bound_under_steady_writes(queue, tmp_path):
+    for _ in range(120):  # commits of about 1 MB (48 MB of events), three times the bound
+        await append_4k_events(queue, 1)
+        # the commit that crosses the bound checkpoints, or the next ones when the background
+        # checkpoint holds the lock then; unbounded, the log would reach about 48 MB
+        assert os.path.getsize(tmp_path / "q.sqlite3-wal") <= WAL_BACKSTOP * 2
+    assert queue.depth("a") == 12_000
 
 
 async def test_reopening_releases_what_a_dead_process_had_leased(tmp_path):
