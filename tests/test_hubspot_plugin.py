@@ -680,6 +680,21 @@ async def test_a_paused_sender_is_probed_by_one_request_at_a_time(start_router, 
     assert (await status_of(router))["depth"] == 6
 
 
+async def test_batches_side_by_side_create_an_event_definition_once(start_router, hubspot, tmp_path):
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
+        "batch_size: 500", "batch_size: 1"
+    ).replace("max_backoff: 0.05\n", "max_backoff: 0.05\n      concurrency: 4\n")
+    router = await start_router(config)
+    await all_delivered(router)
+    # a slow answer: the other batches reach the same new event type while it is being created
+    await hubspot.set_faults({"path": "/events/v3/event-definitions", "latency": 0.2, "count": 1})
+    await post(router, [{"event_type": "signup", "user": {"email": f"s{i}@example.com"}} for i in range(8)])
+    await all_delivered(router)
+    assert len(hubspot.emulator.events) == 8
+    definitions = [r for r in hubspot.requests_to("/events/v3/event-definitions") if r["method"] == "POST"]
+    assert [r["status"] for r in definitions] == [201]
+
+
 async def test_a_deprecated_api_key_is_sent_as_hapikey_with_a_warning_and_never_shown(
     start_router, hubspot, tmp_path, caplog
 ):

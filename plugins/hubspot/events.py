@@ -136,6 +136,7 @@ class EventSender(Sender):
         self.dropped: prom.Counter = catalog.dropped
         #: definition names known to exist in the account
         self.defined: set[str] = set()
+        self._defining: dict[str, asyncio.Lock] = {}
 
     async def send(self, batch: Sequence[Delivery]) -> Sequence[Outcome]:
         if self.api == "legacy":
@@ -315,8 +316,10 @@ class EventSender(Sender):
                         results[position] = Rejected(f"event definition {name}: {err.message}", response=err.text)
 
         for name in dict.fromkeys(n for n, _ in occurrences.values()):
-            if name not in self.defined:
-                await define(name)
+            # one creation per name: batches in flight side by side wait for it (not a 409 each)
+            async with self._defining.setdefault(name, asyncio.Lock()):
+                if name not in self.defined:
+                    await define(name)
         redefined: set[str] = set()
         while (group := plan.next()) is not None:
             inputs = [occurrences[p][1] for p in group]
