@@ -108,6 +108,7 @@ class Dispatcher:
     async def run(self) -> None:
         await self._start_destination()
         queue_failures = 0
+        partial = False
         while not self._stopping:
             if self.state == "paused":
                 self._set_idle()
@@ -119,9 +120,13 @@ class Dispatcher:
                 self._set_idle()
                 await self._sleep_unless_stopping(hold)
                 continue
+            if partial and self.delivery.linger and self._depth() < self.delivery.batch_size:
+                # the last batch went out short: let the next one fill for a moment, as after idling
+                await self._sleep_unless_stopping(self.delivery.linger)
             await self._slots.acquire()
             try:
                 records = await self.queue.lease(self.name, self._lease_size(), self.delivery.lease_timeout)
+                partial = 0 < len(records) < self._lease_size()
                 queue_failures = 0
             except Exception:
                 self._slots.release()
