@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import textwrap
 from collections.abc import AsyncIterator
 from typing import Any
@@ -67,9 +68,11 @@ async def hubspot() -> AsyncIterator[HubSpot]:
 
 
 def hubspot_config(
-    tmp_path: Any, url: str, *, token: str = TOKEN, settings: str = "", dest_extra: str = "", server_extra: str = ""
+    tmp_path: Any, url: str, *, token: str = TOKEN, settings: str = "", dest_extra: str = "", server_extra: str = "",
+    delivery: str = "",
 ) -> str:
-    """One api key and one HubSpot destination ``hs`` on the emulator, with fast retries."""
+    """One api key and one HubSpot destination ``hs`` on the emulator, with fast retries;
+    ``delivery`` overrides or adds ``delivery:`` settings (``"batch_size: 1, pause_probe: 0.3s"``)."""
     config = textwrap.dedent(
         f"""
         server:
@@ -102,6 +105,12 @@ def hubspot_config(
           max_backoff: 0.05
         """
     ).strip("\n"), " " * 4) + "\n"
+    head, block = config.split("    delivery:\n")
+    for setting in filter(None, (d.strip() for d in delivery.split(","))):
+        key = setting.split(":")[0]
+        block, found = re.subn(rf"^      {key}: .*$", f"      {setting}", block, count=1, flags=re.M)
+        block += "" if found else f"      {setting}\n"
+    config = head + "    delivery:\n" + block
     config += textwrap.indent(textwrap.dedent(dest_extra).strip("\n"), " " * 4) + "\n" if dest_extra else ""
     if server_extra:
         config = config.replace("  shutdown_grace: 0.5s\n", "  shutdown_grace: 0.5s\n" + server_extra)
@@ -553,7 +562,7 @@ async def test_a_slow_hubspot_gets_each_contact_once_within_the_send_timeout(
     config = hubspot_config(tmp_path, hubspot.url, settings=f"""
         contacts_api: v1
         timeout: {hubspot_timeout}
-    """).replace("max_backoff: 0.05\n", "max_backoff: 0.05\n      timeout: 1.2s\n")
+    """, delivery="timeout: 1.2s")
     router = await start_router(config)
     await all_delivered(router)  # the catalog is loaded before the answers slow down
     await hubspot.set_faults({"path": "/contacts/v1/contact/createOrUpdate/", "latency": 0.3})
@@ -625,9 +634,7 @@ async def test_a_refused_token_pauses_keeps_every_event_and_a_fixed_one_delivers
 
 
 async def test_a_missing_scope_pauses_only_the_calls_that_need_it(start_router, hubspot, tmp_path):
-    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
-        "max_backoff: 0.05\n", "max_backoff: 0.05\n      pause_probe: 0.3s\n"
-    )
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3", delivery="pause_probe: 0.3s")
     router = await start_router(config)
     await all_delivered(router)
     await hubspot.set_faults({"path": "/events/v3/", "status": 403})
@@ -662,9 +669,7 @@ async def test_a_missing_scope_pauses_only_the_calls_that_need_it(start_router, 
 
 async def test_a_paused_sender_is_probed_by_one_request_at_a_time(start_router, hubspot, tmp_path):
     # batches of one, two in flight: at each probe time only one of them may ask HubSpot
-    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
-        "max_backoff: 0.05\n", "max_backoff: 0.05\n      pause_probe: 0.3s\n"
-    ).replace("batch_size: 500", "batch_size: 1")
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3", delivery="batch_size: 1, pause_probe: 0.3s")
     router = await start_router(config)
     await all_delivered(router)
     await hubspot.set_faults({"path": "/events/v3/", "status": 403})
@@ -681,9 +686,7 @@ async def test_a_paused_sender_is_probed_by_one_request_at_a_time(start_router, 
 
 
 async def test_batches_side_by_side_create_an_event_definition_once(start_router, hubspot, tmp_path):
-    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3").replace(
-        "batch_size: 500", "batch_size: 1"
-    ).replace("max_backoff: 0.05\n", "max_backoff: 0.05\n      concurrency: 4\n")
+    config = hubspot_config(tmp_path, hubspot.url, settings="events_api: v3", delivery="batch_size: 1, concurrency: 4")
     router = await start_router(config)
     await all_delivered(router)
     # a slow answer: the other batches reach the same new event type while it is being created
