@@ -46,10 +46,14 @@ class SendClock:
             self._started = now
             return False
         self.slowest = max(self.slowest, now - self._started)
-        if time_left() < 2 * self.slowest:
+        if self.short():
             return True
         self._started = now
         return False
+
+    def short(self) -> bool:
+        """Whether twice the slowest request so far no longer fits (never, before one is timed)."""
+        return time_left() < 2 * self.slowest
 
     def took(self, seconds: float) -> None:
         """Record a request timed by the caller (requests running side by side)."""

@@ -332,18 +332,22 @@ class PropertyCatalog:
             if self._loaded_at is None:
                 await self._fetch(budget)
                 return
-            try:
-                await self._fetch(budget)
-            except PauseSender as exc:
-                # a scope taken away: the cached catalog still serves every sender; try next period
-                self._loaded_at = self.clock()
-                log.warning("destination %s: property catalog refresh refused; using the cached one: %s",
-                            self.destination, exc.reason)
-            except Exception as exc:
-                if isinstance(exc, PauseDestination):
-                    raise
-                log.warning("destination %s: property catalog refresh failed (%s); using the cached one",
-                            self.destination, type(exc).__name__)
+            await self._refetch(budget)
+
+    async def _refetch(self, budget: RequestBudget | None, *, keep_refused: bool = False) -> None:
+        """Fetch a loaded catalog again; when that fails the cached one serves on (a 401 still
+        pauses the destination; a 403, a scope taken away, is tried again next period)."""
+        try:
+            await self._fetch(budget, keep_refused=keep_refused)
+        except PauseSender as exc:
+            self._loaded_at = self.clock()
+            log.warning("destination %s: property catalog refresh refused; using the cached one: %s",
+                        self.destination, exc.reason)
+        except PauseDestination:
+            raise
+        except Exception as exc:
+            log.warning("destination %s: property catalog refresh failed (%s); using the cached one",
+                        self.destination, type(exc).__name__)
 
     async def refused(self, names: Iterable[str], budget: RequestBudget | None = None) -> None:
         """HubSpot said these properties do not exist or cannot be written. When the catalog still
@@ -353,16 +357,7 @@ class PropertyCatalog:
         async with self._lock:
             stale = [n for n in names if n not in self._refused and (p := self._props.get(n)) and p.unwritable is None]
             if stale:
-                try:
-                    await self._fetch(budget, keep_refused=True)
-                except PauseSender as exc:
-                    log.warning("destination %s: property catalog refresh refused; using the cached one: %s",
-                                self.destination, exc.reason)
-                except Exception as exc:
-                    if isinstance(exc, PauseDestination):
-                        raise
-                    log.warning("destination %s: property catalog refresh failed (%s)",
-                                self.destination, type(exc).__name__)
+                await self._refetch(budget, keep_refused=True)
             self._refused |= names
 
     def count_drop(self, name: str, reason: str) -> None:
